@@ -1,0 +1,35 @@
+"""Policy knobs of the core, with the defaults a router admin gets without a config file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    # TCP ports on which clients open FTP control connections.
+    control_ports: frozenset[int] = field(default_factory=lambda: frozenset({21}))
+    # FXP (server-to-server transfers): PORT/227 naming a third host. Off: refused as bounce.
+    allow_fxp: bool = False
+    # Data ports below this are refused (OpenBSD ftp-proxy, libalias): no PORT to :25.
+    min_data_port: int = 1024
+    # Longest control line parsed (OpenBSD ftp-proxy uses 500); longer ones are not parsed.
+    max_line: int = 512
+    # How long a segment ending in a possibly address-bearing partial line may be held for
+    # its continuation (the Linux tail-loss probe sends it after ~205 ms with Nagle on).
+    hold_timeout: float = 0.5
+    # Held segments per direction at most; beyond, they are released unchanged.
+    max_held: int = 8
+    # Lifetime of an expectation: the data connection must arrive within it.
+    expect_timeout: float = 60.0
+    # A session with no packet for this long is forgotten (conntrack events usually come first).
+    idle_timeout: float = 7200.0
+    # After FIN from both sides or a RST: how long retransmissions are still mapped.
+    linger: float = 10.0
+    # Control sessions tracked at once; beyond, new ones pass untouched with a refusal.
+    max_sessions: int = 65536
+    # Commands awaiting their reply, per session (pipelining clients).
+    max_pending: int = 32
+    # Recompute both checksums of every changed packet instead of updating them (captures
+    # with offloaded checksums: the output is then valid whatever the input was).
+    full_checksum: bool = False

@@ -1,0 +1,136 @@
+"""Sequence number adjustment for one direction of a connection whose payload was rewritten.
+
+Vocabulary of the kernel's `nf_conntrack_seqadj`: a correction has a position (in the
+sender's, ORIGINAL sequence space) and an offset before/after. Unlike the kernel, which keeps
+a single correction position per direction, every correction is kept until the receiver has
+acknowledged past it, so any number of rewrites may be in flight and any retransmission,
+however it is cut, is rewritten identically.
+
+The map m from the sender's positions to the receiver's is exact: bytes outside a rewritten
+span move by the sum of the deltas before them; a position inside a span of `old_len` bytes
+replaced by `new` maps to the span's start plus min(distance, len(new)). A segment [s, e)
+therefore carries the receiver's bytes [m(s), m(e)): cut inside a span, the first part carries
+the beginning of the new text and the next part the rest. All comparisons are modulo 2**32.
+"""
+
+from __future__ import annotations
+
+MASK = 0xFFFFFFFF
+_HALF = 1 << 31
+_MOD = 1 << 32
+
+
+def seq_diff(a: int, b: int) -> int:
+    """a - b as a signed distance on the 2**32 circle (RFC 793 sequence arithmetic)."""
+    d = (a - b) & MASK
+    return d - _MOD if d >= _HALF else d
+
+
+class Correction:
+    """`old_len` bytes at `pos` (sender's space) replaced by `new`."""
+
+    __slots__ = ("delta", "new", "old_len", "pos")
+
+    def __init__(self, pos: int, old_len: int, new: bytes) -> None:
+        self.pos = pos & MASK
+        self.old_len = old_len
+        self.new = new
+        self.delta = len(new) - old_len
+
+    @property
+    def end(self) -> int:
+        return (self.pos + self.old_len) & MASK
+
+
+class SeqAdj:
+    """The corrections of one direction: `base` is the offset of all acknowledged ones."""
+
+    __slots__ = ("active", "base")
+
+    def __init__(self) -> None:
+        self.base = 0
+        self.active: list[Correction] = []
+
+    @property
+    def identity(self) -> bool:
+        return not self.active and not (self.base & MASK)
+
+    @property
+    def offset(self) -> int:
+        """The total of every delta so far: how far later bytes have moved."""
+        return self.base + sum(c.delta for c in self.active)
+
+    def add(self, pos: int, old_len: int, new: bytes) -> Correction:
+        """Record a rewrite; spans arrive in stream order and never overlap."""
+        corr = Correction(pos, old_len, new)
+        self.active.append(corr)
+        return corr
+
+    def to_out(self, x: int) -> int:
+        """m(x): where the sender's position x lands in the receiver's stream."""
+        off = self.base
+        for c in self.active:
+            d = seq_diff(x, c.pos)
+            if d <= 0:
+                break
+            if d < c.old_len:
+                return (c.pos + off + min(d, len(c.new))) & MASK
+            off += c.delta
+        return (x + off) & MASK
+
+    def to_in(self, a: int) -> int:
+        """The largest x with m(x) <= a: what an ack of `a` by the receiver acknowledges."""
+        off = self.base
+        for c in self.active:
+            k = seq_diff(a, c.pos + off)
+            if k <= 0:
+                break
+            if k < len(c.new):
+                return (c.pos + min(k, c.old_len - 1)) & MASK
+            off += c.delta
+        return (a - off) & MASK
+
+    def to_in_left(self, a: int) -> int:
+        """The smallest x with m(x) >= a: a SACK block's left edge, mapped conservatively."""
+        off = self.base
+        for c in self.active:
+            k = seq_diff(a, c.pos + off)
+            if k <= 0:
+                break
+            if k < len(c.new):
+                return (c.pos + min(k, c.old_len)) & MASK
+            off += c.delta
+        return (a - off) & MASK
+
+    def sack(self, left: int, right: int) -> tuple[int, int]:
+        return self.to_in_left(left), self.to_in(right)
+
+    def emit(self, seq: int, payload: bytes) -> bytes:
+        """The receiver's bytes [m(seq), m(seq + len)) for the sender's segment at `seq`."""
+        length = len(payload)
+        out: list[bytes] = []
+        cursor = 0
+        for c in self.active:
+            s = seq_diff(c.pos, seq)
+            e = s + c.old_len
+            if e <= 0:
+                continue
+            if s >= length:
+                break
+            if s > cursor:
+                out.append(payload[cursor:s])
+            new_len = len(c.new)
+            lo = min(max(-s, 0), new_len)
+            hi = new_len if e <= length else min(length - s, new_len)
+            out.append(c.new[lo:hi])
+            cursor = min(e, length)
+        if not out:
+            return payload
+        out.append(payload[cursor:])
+        return b"".join(out)
+
+    def acked(self, x: int) -> None:
+        """The receiver has everything before the sender's position x: fold finished spans."""
+        active = self.active
+        while active and seq_diff(x, active[0].end) >= 0:
+            self.base += active.pop(0).delta

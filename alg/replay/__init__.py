@@ -1,0 +1,1 @@
+"""Offline replay: what the gateway would do to a recorded FTP capture."""
