@@ -19,7 +19,7 @@ class Config:
     # its continuation (the Linux tail-loss probe sends it after ~205 ms with Nagle on).
     hold_timeout: float = 0.5
     # Held segments per direction at most; beyond, they are released unchanged.
-    max_held: int = 8
+    max_held: int = 32
     # Lifetime of an expectation: the data connection must arrive within it.
     expect_timeout: float = 60.0
     # A session with no packet for this long is forgotten (conntrack events usually come first).

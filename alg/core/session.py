@@ -289,10 +289,15 @@ class Session:
         if self.expect is not None:
             out.append(Unexpect(self.expect))
             self.expect = None
-        self.ctx.event(out, Event(
-            "session-end", self.id, f"{reason}; seq offsets ORIGINAL {self.orig.adj.offset:+d}, "
-            f"REPLY {self.reply.adj.offset:+d}",
-        ))
+        self.ctx.event(
+            out,
+            Event(
+                "session-end",
+                self.id,
+                f"{reason}; seq offsets ORIGINAL {self.orig.adj.offset:+d}, "
+                f"REPLY {self.reply.adj.offset:+d}",
+            ),
+        )
         return out
 
 

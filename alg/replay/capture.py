@@ -86,7 +86,7 @@ class Writer:
         if not self._out.header_present:
             self._out.write_header(None)
         sec = int(frame.time)
-        self._out.write_packet(data, sec=sec, usec=int(round((frame.time - sec) * 1e6)))
+        self._out.write_packet(data, sec=sec, usec=round((frame.time - sec) * 1e6))
 
     def close(self) -> None:
         self._out.close()

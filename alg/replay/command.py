@@ -29,25 +29,42 @@ def _ports(text: str) -> frozenset[int]:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("replay", help="replay a capture through the gateway and report",
-                       description=__doc__)
+    p = sub.add_parser(
+        "replay", help="replay a capture through the gateway and report", description=__doc__
+    )
     p.add_argument("capture", help="pcap or pcapng file (optionally gzipped)")
     nat = p.add_mutually_exclusive_group()
-    nat.add_argument("--client-nat", action="append", metavar="ADDR",
-                     help="the client sits behind a NAT with this outside address (once per "
-                     "address family)")
-    nat.add_argument("--server-nat", action="append", metavar="ADDR",
-                     help="the server sits behind a port forward on this outside address")
+    nat.add_argument(
+        "--client-nat",
+        action="append",
+        metavar="ADDR",
+        help="the client sits behind a NAT with this outside address (once per address family)",
+    )
+    nat.add_argument(
+        "--server-nat",
+        action="append",
+        metavar="ADDR",
+        help="the server sits behind a port forward on this outside address",
+    )
     p.add_argument("-o", "--output", metavar="OUT", help="write the rewritten capture here")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--ports", type=_ports, default=frozenset({21}),
-                   help="FTP control ports, comma-separated (default 21)")
+    p.add_argument(
+        "--ports",
+        type=_ports,
+        default=frozenset({21}),
+        help="FTP control ports, comma-separated (default 21)",
+    )
     p.add_argument("--allow-fxp", action="store_true", help="let PORT/227 name a third host")
     p.set_defaults(func=run)
 
 
-def replay(path: str, client_nat: dict[int, bytes], server_nat: dict[int, bytes],
-           output: str | None = None, config: Config | None = None) -> Replay:
+def replay(
+    path: str,
+    client_nat: dict[int, bytes],
+    server_nat: dict[int, bytes],
+    output: str | None = None,
+    config: Config | None = None,
+) -> Replay:
     config = config or Config()
     rep = Replay(path, config, client_nat, server_nat)
     frames = capture.read(path)
@@ -66,8 +83,9 @@ def replay(path: str, client_nat: dict[int, bytes], server_nat: dict[int, bytes]
 def run(args: argparse.Namespace) -> int:
     config = Config(control_ports=args.ports, allow_fxp=args.allow_fxp)
     try:
-        rep = replay(args.capture, _nat(args.client_nat), _nat(args.server_nat), args.output,
-                     config)
+        rep = replay(
+            args.capture, _nat(args.client_nat), _nat(args.server_nat), args.output, config
+        )
     except (OSError, ValueError) as exc:  # unreadable capture or address
         print(f"ftp-alg replay: {exc}", file=sys.stderr)
         return 2

@@ -67,6 +67,7 @@ class Report:
     held: int = 0
     dropped: int = 0
     other: int = 0
+    not_inspected: dict[str, int] = field(default_factory=dict)  # packets not TCP/IP, by reason
     roundtrip_checked: int = 0
     roundtrip_mismatched: int = 0
     sessions: dict[int, dict[str, object]] = field(default_factory=dict)
@@ -98,7 +99,10 @@ class Replay:
     """Feeds frames through a Gateway as a NAT router's daemon would, and reports."""
 
     def __init__(
-        self, capture: str, config: Config, client_nat: dict[int, bytes],
+        self,
+        capture: str,
+        config: Config,
+        client_nat: dict[int, bytes],
         server_nat: dict[int, bytes],
     ) -> None:
         self.config = config
@@ -106,10 +110,13 @@ class Replay:
         self.server_nat = server_nat
         self.gw = Gateway(config, mapper=self._map)
         self.conns: dict[FlowKey, Conn] = {}  # by both hook keys
-        self.report = Report(capture, {
-            "client_nat": [show_addr(a) for a in client_nat.values()],
-            "server_nat": [show_addr(a) for a in server_nat.values()],
-        })
+        self.report = Report(
+            capture,
+            {
+                "client_nat": [show_addr(a) for a in client_nat.values()],
+                "server_nat": [show_addr(a) for a in server_nat.values()],
+            },
+        )
         self._held: dict[int, _Held] = {}
         self._frame = 0
 
@@ -146,8 +153,10 @@ class Replay:
                 continue
             try:
                 seg = parse(frame.ip)
-            except CoreError:
+            except CoreError as exc:
                 self.report.other += 1
+                reason = str(exc)
+                self.report.not_inspected[reason] = self.report.not_inspected.get(reason, 0) + 1
                 yield frame, frame.ip
                 continue
             if seg.dport in ports or seg.sport in ports:
@@ -159,9 +168,9 @@ class Replay:
         yield from self._actions(self.gw.close(), last)
         self.report.counters = dict(sorted(self.gw.counters.items()))
 
-    def _control(self, frame: Frame, seg: Segment, from_client: bool) -> Iterator[
-        tuple[Frame, bytes | None]
-    ]:
+    def _control(
+        self, frame: Frame, seg: Segment, from_client: bool
+    ) -> Iterator[tuple[Frame, bytes | None]]:
         self.report.control_packets += 1
         conn = self._conn(seg, from_client)
         # Who is outside the NAT sends what it would send in the NATed world: to the outside
@@ -201,9 +210,13 @@ class Replay:
         ack_adj = None if half is None else (half.peer.adj if from_client else half.adj)
         if ack_adj is None or ack_adj.identity:
             return moved
-        data = rebuild(moved, moved.seq, ack_adj.to_out(moved.ack),
-                       sack=lambda a, b: (ack_adj.to_out(a), ack_adj.to_out(b)),
-                       full_checksum=True)
+        data = rebuild(
+            moved,
+            moved.seq,
+            ack_adj.to_out(moved.ack),
+            sack=lambda a, b: (ack_adj.to_out(a), ack_adj.to_out(b)),
+            full_checksum=True,
+        )
         return parse(data)
 
     def _leave(self, data: bytes, conn: Conn, from_client: bool) -> bytes:
@@ -220,15 +233,24 @@ class Replay:
         got = parse(out)
         self.report.roundtrip_checked += 1
         if (got.seq, got.ack, got.payload, got.options) != (
-            captured.seq, captured.ack, captured.payload, captured.options
+            captured.seq,
+            captured.ack,
+            captured.payload,
+            captured.options,
         ):
             self.report.roundtrip_mismatched += 1
-            self._note(Event("roundtrip-mismatch", 0, f"frame {self._frame}: ack "
-                             f"{captured.ack} came back as {got.ack}"), conn)
+            self._note(
+                Event(
+                    "roundtrip-mismatch",
+                    0,
+                    f"frame {self._frame}: ack {captured.ack} came back as {got.ack}",
+                ),
+                conn,
+            )
 
-    def _actions(self, actions: Iterable[Action], now: float) -> Iterator[
-        tuple[Frame, bytes | None]
-    ]:
+    def _actions(
+        self, actions: Iterable[Action], now: float
+    ) -> Iterator[tuple[Frame, bytes | None]]:
         for action in actions:
             if isinstance(action, Release):
                 yield from self._emit(self._held.pop(action.handle), action.data)  # type: ignore[call-overload]
@@ -258,8 +280,11 @@ class Replay:
     def _note(self, event: Event, conn: Conn | None) -> None:
         if event.kind in ("not-inspected", "session-end") and not event.session:
             return
-        entry: dict[str, object] = {"frame": self._frame, "kind": event.kind,
-                                    "message": event.message}
+        entry: dict[str, object] = {
+            "frame": self._frame,
+            "kind": event.kind,
+            "message": event.message,
+        }
         if event.reason:
             entry["reason"] = event.reason
         if event.before:
@@ -272,9 +297,11 @@ class Replay:
 
     def _expectation(self, action: Expect | Unexpect) -> None:
         exp: Expectation = action.expectation
-        text = (f"{show_addr(exp.peer)}:* -> {show_endpoint(exp.outside, exp.outside_port)} "
-                f"=> {show_endpoint(exp.inside, exp.inside_port)} (nat_dir {exp.nat_dir.name}, "
-                f"{exp.timeout:g} s)")
+        text = (
+            f"{show_addr(exp.peer)}:* -> {show_endpoint(exp.outside, exp.outside_port)} "
+            f"=> {show_endpoint(exp.inside, exp.inside_port)} (nat_dir {exp.nat_dir.name}, "
+            f"{exp.timeout:g} s)"
+        )
         kind = "expect" if isinstance(action, Expect) else "unexpect"
         self._note(Event(kind, exp.session, text), None)
 

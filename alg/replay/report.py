@@ -19,6 +19,7 @@ def as_dict(report: Report) -> dict[str, Any]:
         "held": report.held,
         "dropped": report.dropped,
         "other_packets": report.other,
+        "not_inspected": dict(sorted(report.not_inspected.items())),
         "roundtrip": {
             "checked": report.roundtrip_checked,
             "mismatched": report.roundtrip_mismatched,
@@ -52,6 +53,9 @@ def as_text(report: Report) -> str:
         f" held {d['held']}, dropped {d['dropped']}; acks checked by round trip {rt['checked']},"
         f" mismatched {rt['mismatched']}"
     )
+    if d["not_inspected"]:
+        why = ", ".join(f"{k} x{v}" for k, v in d["not_inspected"].items())
+        lines.append(f"not inspected: {why} (a router reassembles fragments before the queue)")
     counters = ", ".join(f"{k} {v}" for k, v in d["counters"].items())
     lines.append(f"counters: {counters or 'none'}")
     return "\n".join(lines) + "\n"
