@@ -373,6 +373,10 @@ def _address(
     after = line[: hp.start] + new + line[hp.end :]
     if new != old:
         half.adj.add(span, len(old), new)
+    if new == old:  # a 229 keeps its port: only the expectation was needed
+        message = f"{what} port {port}: text unchanged, data connection sent on to {_addr(own)}"
+        s.ctx.event(out, Event("forward", s.id, message, before=_show(line)))
+        return
     s.ctx.event(
         out,
         Event(

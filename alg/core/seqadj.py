@@ -79,7 +79,12 @@ class SeqAdj:
         return (x + off) & MASK
 
     def to_in(self, a: int) -> int:
-        """The largest x with m(x) <= a: what an ack of `a` by the receiver acknowledges."""
+        """The largest x with m(x) <= a: what an ack of `a` by the receiver acknowledges.
+
+        Exact at every position outside a span. Inside a span made shorter, the receiver's
+        last byte of the new text stands for the whole old span; the gateway cuts a span only
+        when it releases a complete line, so the sender has sent all of it by then.
+        """
         off = self.base
         for c in self.active:
             k = seq_diff(a, c.pos + off)

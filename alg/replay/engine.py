@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from alg.core import Config, CoreError, Drop, Event, Expect, Gateway, Release, Unexpect, Verdict
 from alg.core.events import Action, Expectation, FlowKey
@@ -118,6 +118,7 @@ class Replay:
             },
         )
         self._held: dict[int, _Held] = {}
+        self._deferred: list[tuple[Frame, bytes]] = []
         self._frame = 0
 
     def _map(self, key: FlowKey) -> tuple[FlowKey, FlowKey] | None:
@@ -179,7 +180,12 @@ class Replay:
         hook = self._at_hook(seg, conn, from_client)
         outcome = self.gw.packet(frame.index, hook.data, frame.time)
         if synthesized:
-            yield frame, _finish(hook)
+            # While the gateway holds packets of the other side, the outside party cannot have
+            # received them: what it sent meanwhile is written after their release.
+            if self._held:
+                self._deferred.append((frame, _finish(hook)))
+            else:
+                yield frame, _finish(hook)
         yield from self._actions(outcome.actions, frame.time)
         if outcome.verdict is Verdict.HOLD:
             self.report.held += 1
@@ -254,13 +260,22 @@ class Replay:
         for action in actions:
             if isinstance(action, Release):
                 yield from self._emit(self._held.pop(action.handle), action.data)  # type: ignore[call-overload]
+                yield from self._flush(now)
             elif isinstance(action, Drop):
                 self._held.pop(action.handle, None)  # type: ignore[call-overload]
                 self.report.dropped += 1
+                yield from self._flush(now)
             elif isinstance(action, Expect | Unexpect):
                 self._expectation(action)
             else:
                 self._note(action, None)
+
+    def _flush(self, now: float) -> Iterator[tuple[Frame, bytes | None]]:
+        if self._held or not self._deferred:
+            return
+        for frame, data in self._deferred:
+            yield replace(frame, time=max(frame.time, now)), data
+        self._deferred.clear()
 
     def _session(self, sid: int, conn: Conn | None) -> dict[str, object]:
         rec = self.report.sessions.get(sid)

@@ -1,0 +1,47 @@
+"""Fixtures for the kernel-adapter tests: a NAT lab in namespaces named tk-*-PID.
+
+The lab is built once per session and destroyed at its end (also after failures); each test
+gets it back with no ftp-alg rules, no conntrack entries, no expectations, no open sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.kernel import lab as lab_module
+from tests.kernel.lab import Lab
+
+
+def _lab_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    for tool in ("ip", "iptables", "ip6tables", "conntrack"):
+        if shutil.which(tool) is None:
+            return f"needs {tool}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def lab_session() -> Iterator[Lab]:
+    reason = _lab_unavailable()
+    if reason:
+        pytest.skip(reason)
+    built = lab_module.build(str(os.getpid()))
+    try:
+        yield built
+    finally:
+        lab_module.destroy(built)
+
+
+@pytest.fixture
+def lab(lab_session: Lab) -> Iterator[Lab]:
+    lab_session.reset_router()
+    try:
+        yield lab_session
+    finally:
+        lab_session.close_sockets()
+        lab_session.reset_router()
