@@ -7,7 +7,7 @@ packets, then the verdict; events become log lines and counters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 from enum import IntEnum
 
 from alg.core.grammar import Kind
@@ -28,8 +28,7 @@ class Verdict(IntEnum):
     DROP = 2
 
 
-@dataclass(frozen=True, slots=True)
-class Expectation:
+class Expectation(NamedTuple):
     """A data connection the router must let in and NAT to the inside host.
 
     It arrives from `peer` (any source port) at `outside`:`outside_port` and is sent on to
@@ -50,8 +49,7 @@ class Expectation:
     timeout: float
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """A report: `kind` names it, `reason` is the short code of a refusal."""
 
     kind: str
@@ -62,34 +60,29 @@ class Event:
     after: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Expect:
+class Expect(NamedTuple):
     expectation: Expectation
 
 
-@dataclass(frozen=True, slots=True)
-class Unexpect:
+class Unexpect(NamedTuple):
     expectation: Expectation
 
 
-@dataclass(frozen=True, slots=True)
-class Release:
+class Release(NamedTuple):
     """Send a held packet: `data` replaces it, or it goes unchanged when None."""
 
     handle: object
     data: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
-class Drop:
+class Drop(NamedTuple):
     handle: object
 
 
 Action = Expect | Unexpect | Release | Drop | Event
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     verdict: Verdict
     data: bytes | None = None
     actions: tuple[Action, ...] = ()

@@ -10,7 +10,6 @@ rewrite is decided; a refusal leaves the line untouched and says why.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from alg.core.events import Action, Dir, Event, Expect, Expectation, Unexpect
@@ -43,7 +42,7 @@ def _show(raw: bytes, limit: int = 120) -> str:
 
 
 def _addr(raw: bytes) -> str:
-    return str(ipaddress.ip_address(raw))
+    return "%d.%d.%d.%d" % tuple(raw) if len(raw) == 4 else str(ipaddress.IPv6Address(raw))
 
 
 def on_line(
@@ -363,7 +362,7 @@ def _address(
     if port is None:
         _refuse(s, out, "no-port", f"{what}: no outside port could be reserved", line)
         return
-    exp = proposal if port == hp.port else replace(proposal, outside_port=port)
+    exp = proposal if port == hp.port else proposal._replace(outside_port=port)
     if s.expect is not None:
         out.append(Unexpect(s.expect))  # at most one outstanding per session: newest wins
     s.expect, s.expect_deadline = exp, now + exp.timeout

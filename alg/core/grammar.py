@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 from enum import Enum
 
 from alg.core.errors import CoreError
@@ -25,8 +25,7 @@ class Kind(Enum):
     EPSV_229 = "229"
 
 
-@dataclass(frozen=True, slots=True)
-class HostPort:
+class HostPort(NamedTuple):
     """An address-bearing message: `addr` is None for a 229, which names only a port."""
 
     kind: Kind
@@ -93,7 +92,12 @@ def _decimal_port(raw: bytes) -> int:
 
 
 def _six(kind: Kind, m: re.Match[bytes], group: int) -> HostPort:
-    values = [_octet(m.group(group + 1 + i)) for i in range(6)]
+    raw = m.groups()[group : group + 6]
+    if max(map(len, raw)) > 3:
+        values = [_octet(r) for r in raw]  # raises, saying which
+    values = [int(r) for r in raw]
+    if max(values) > 255:
+        values = [_octet(r) for r in raw]
     return HostPort(
         kind, 4, bytes(values[:4]), _port(values[4], values[5]), m.start(group), m.end(group)
     )

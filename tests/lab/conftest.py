@@ -1,0 +1,91 @@
+"""Fixtures for the lab tests: one lab (prefix `tl`) per session, always torn down.
+
+The tests read what really happened on the wire (the servers' replies, the client's connect
+errors, the bytes that arrived), never only an exit status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from alg.lab import backend, clients, state
+from alg.lab.clients import Outcome
+from alg.lab.scenarios import Case
+from alg.lab.topology import Topology, load
+
+PREFIX = "tl"
+TOOLS = (
+    "ip",
+    "iptables",
+    "ip6tables",
+    "conntrack",
+    "vsftpd",
+    "curl",
+    "lftp",
+    "tnftp",
+    "wget",
+    "busybox",
+    "ss",
+)
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "the lab needs root"
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    return f"the lab needs {', '.join(missing)}" if missing else None
+
+
+@dataclass
+class LabHandle:
+    prefix: str
+    topo: Topology
+
+    def use_gateway(self, mode: str) -> None:
+        if state.gateway_mode(self.prefix, self.topo.router) != mode:
+            backend.set_gateway(self.prefix, mode, log=lambda _: None)
+
+    def ns(self, node: str) -> str:
+        return backend.namespace(self.prefix, node)
+
+    def run(
+        self,
+        client: str,
+        case: Case,
+        workdir: Path,
+        op: str = "retr",
+        local: Path | None = None,
+        timeout: float = 10,
+    ) -> Outcome:
+        req = case.request(self.topo, op, local, timeout)
+        return clients.run(client, self.ns(case.from_node(self.topo)), req, workdir)
+
+    def served_root(self, case: Case) -> Path:
+        return state.node_dir(self.prefix, case.server_node(self.topo)) / "ftp"
+
+    def served_sha256(self, case: Case, name: str = "1mib.bin") -> str:
+        return (self.served_root(case) / f"{name}.sha256").read_text().split()[0]
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[LabHandle]:
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    # replace: a lab left by an interrupted run of these tests is rebuilt, not reused
+    backend.up(PREFIX, "none", replace=True, log=lambda _: None)
+    try:
+        yield LabHandle(PREFIX, load())
+    finally:
+        backend.down(PREFIX, log=lambda _: None)
