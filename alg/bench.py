@@ -28,14 +28,36 @@ _C, _C_OUT, _S = bytes((192, 168, 0, 1)), bytes((192, 168, 15, 5)), bytes((198, 
 DEFAULT_CAPTURE = Path(__file__).resolve().parents[2] / "shared/pcaps/zeek/cwd-navigation.pcap"
 
 
-def _packet(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int,
-            payload: bytes = b"") -> bytes:
-    tcp = bytearray(struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
-                                5 << 4, flags, 65535, 0, 0) + payload)
+def _packet(
+    src: bytes,
+    dst: bytes,
+    sport: int,
+    dport: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    payload: bytes = b"",
+) -> bytes:
+    tcp = bytearray(
+        struct.pack(
+            "!HHIIBBHHH",
+            sport,
+            dport,
+            seq & 0xFFFFFFFF,
+            ack & 0xFFFFFFFF,
+            5 << 4,
+            flags,
+            65535,
+            0,
+            0,
+        )
+        + payload
+    )
     pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp))
     tcp[16:18] = struct.pack("!H", finish(ones_sum(pseudo) + ones_sum(tcp)))
-    head = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0,
-                                 src, dst))
+    head = bytearray(
+        struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0, src, dst)
+    )
     head[10:12] = struct.pack("!H", finish(ones_sum(head)))
     return bytes(head + tcp)
 
@@ -55,15 +77,25 @@ class _Session:
         self.delta = 0
 
     def client(self, payload: bytes, flags: int = ACK | PSH, seq: int | None = None) -> bytes:
-        pkt = _packet(_C, _S, self.cport, 21, self.c if seq is None else seq, self.s, flags,
-                      payload)
+        pkt = _packet(
+            _C, _S, self.cport, 21, self.c if seq is None else seq, self.s, flags, payload
+        )
         self.c += len(payload)
         return pkt
 
-    def server(self, payload: bytes = b"", flags: int = ACK | PSH, seq: int | None = None,
-               shift: int = 0) -> bytes:
-        pkt = _packet(_S, _C_OUT, 21, self.cport, self.s if seq is None else seq,
-                      self.c + shift, flags, payload)
+    def server(
+        self, payload: bytes = b"", flags: int = ACK | PSH, seq: int | None = None, shift: int = 0
+    ) -> bytes:
+        pkt = _packet(
+            _S,
+            _C_OUT,
+            21,
+            self.cport,
+            self.s if seq is None else seq,
+            self.c + shift,
+            flags,
+            payload,
+        )
         self.s += len(payload)
         return pkt
 
@@ -134,8 +166,12 @@ def session_bytes(n: int) -> float:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("bench", help="measure the core's speed and memory",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "bench",
+        help="measure the core's speed and memory",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--packets", type=int, default=200_000, help="packets per speed figure")
     p.add_argument("--sessions", type=int, default=10_000, help="sessions for session_bytes")
     p.add_argument("--capture", type=Path, default=DEFAULT_CAPTURE)

@@ -33,3 +33,6 @@ class Config:
     # Recompute both checksums of every changed packet instead of updating them (captures
     # with offloaded checksums: the output is then valid whatever the input was).
     full_checksum: bool = False
+    # Address to write into rewrites instead of the router's outside address conntrack shows
+    # (double NAT: that address is itself private). The expectation still uses the real one.
+    announce: dict[bytes, bytes] = field(default_factory=dict)

@@ -367,7 +367,7 @@ def _address(
         out.append(Unexpect(s.expect))  # at most one outstanding per session: newest wins
     s.expect, s.expect_deadline = exp, now + exp.timeout
     out.append(Expect(exp))
-    new = format_span(hp, outside, port)
+    new = format_span(hp, s.ctx.config.announce.get(outside, outside), port)
     old = line[hp.start : hp.end]
     after = line[: hp.start] + new + line[hp.end :]
     if new != old:

@@ -1,0 +1,1 @@
+"""The live gateway: the NFQUEUE reader, its kernel adapters, status and configuration."""

@@ -1,0 +1,137 @@
+"""The core's two callbacks, carried out on the kernel: NAT mappings and outside ports.
+
+`mapper` answers which connection a packet seen in raw PREROUTING belongs to (its original
+and reply tuples carry the NAT mapping, MASQUERADE, SNAT or DNAT alike). `choose_port`
+creates the conntrack expectation itself, so the port written into the rewrite is one the
+kernel accepted: the inside port first, then random ones when another session holds it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import random
+import socket
+
+from alg.core import Expectation, FlowKey
+from alg.kernel.ctnetlink import Ctnetlink
+from alg.kernel.cttypes import CtnetlinkError, ExpectationExists, Tuple
+
+log = logging.getLogger("ftp-alg")
+_TCP = 6
+
+
+def show_addr(raw: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+
+
+_text = show_addr
+
+
+def _raw(text: str, family: int) -> bytes:
+    return socket.inet_pton(socket.AF_INET if family == 4 else socket.AF_INET6, text)
+
+
+def to_tuple(key: FlowKey) -> Tuple:
+    src, sport, dst, dport = key
+    return Tuple(4 if len(src) == 4 else 6, _TCP, _text(src), _text(dst), sport, dport)
+
+
+def to_key(t: Tuple) -> FlowKey:
+    return (_raw(t.src, t.family), t.sport, _raw(t.dst, t.family), t.dport)
+
+
+def expected_tuple(exp: Expectation, port: int) -> Tuple:
+    """The data connection as it reaches the router: peer (any port) -> outside:port."""
+    return Tuple(exp.family, _TCP, _text(exp.peer), _text(exp.outside), 0, port)
+
+
+class Kernel:
+    """Conntrack look-ups and expectations for the core, with counters for the status."""
+
+    def __init__(
+        self,
+        ct: Ctnetlink,
+        tries: int,
+        port_range: tuple[int, int],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.ct = ct
+        self.tries = tries
+        self.port_range = port_range
+        self.rng = rng or random.Random()
+        self.counters: dict[str, int] = {}
+        # The expectation each session has in the kernel: session id -> expected tuple.
+        self.owned: dict[int, Tuple] = {}
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def mapper(self, key: FlowKey) -> tuple[FlowKey, FlowKey] | None:
+        try:
+            found = self.ct.lookup(to_tuple(key))
+        except CtnetlinkError as exc:
+            self._count("conntrack-lookup-error")
+            log.warning("conntrack look-up of %s failed: %s", to_tuple(key), exc)
+            return None
+        if found is None:
+            self._count("conntrack-lookup-missing")
+            return None
+        return to_key(found[0]), to_key(found[1])
+
+    def choose_port(self, exp: Expectation) -> int | None:
+        """Create the expectation, trying the inside port then random outside ports."""
+        master = to_tuple(exp.master)
+        previous = self.owned.pop(exp.session, None)
+        if previous is not None:  # newest wins; also frees the tuple if it is the same
+            self._delete(previous)
+        low, high = self.port_range
+        candidates = [exp.inside_port] + [self.rng.randint(low, high) for _ in range(self.tries)]
+        for port in candidates:
+            expected = expected_tuple(exp, port)
+            try:
+                self.ct.create_expectation(
+                    master,
+                    expected,
+                    int(exp.nat_dir),
+                    _text(exp.inside),
+                    exp.inside_port,
+                    max(1, round(exp.timeout)),
+                )
+            except ExpectationExists:
+                self._count("expectation-port-taken")
+                continue
+            except CtnetlinkError as exc:
+                self._count("expectation-error")
+                if exc.errno == errno.EOPNOTSUPP:
+                    log.error("session %d: %s", exp.session, exc)
+                else:
+                    log.warning(
+                        "session %d: creating expectation %s failed: %s", exp.session, expected, exc
+                    )
+                return None
+            self.owned[exp.session] = expected
+            self._count("expectation-created")
+            return port
+        log.warning("session %d: no free outside port after %d tries", exp.session, len(candidates))
+        return None
+
+    def withdraw(self, exp: Expectation) -> None:
+        """The session no longer needs `exp` (it ended): remove it unless already replaced."""
+        expected = expected_tuple(exp, exp.outside_port)
+        if self.owned.get(exp.session) == expected:
+            del self.owned[exp.session]
+            self._delete(expected)
+
+    def _delete(self, expected: Tuple) -> None:
+        try:
+            if self.ct.delete_expectation(expected):
+                self._count("expectation-deleted")
+        except CtnetlinkError as exc:
+            self._count("expectation-error")
+            log.warning("deleting expectation %s failed: %s", expected, exc)
+
+    def withdraw_all(self) -> None:
+        for expected in list(self.owned.values()):
+            self._delete(expected)
+        self.owned.clear()

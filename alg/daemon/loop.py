@@ -1,0 +1,131 @@
+"""`ftp-alg run`: read the NFQUEUE, let the core decide, carry out its decisions.
+
+One thread, one select loop: the queue, conntrack destroy events, the status socket and a
+signal wake-up pipe, with a timeout that never outlasts the core's next hold deadline.
+The daemon never dies on a packet: an unexpected error is logged and counted and the packet
+passes unchanged (fail-open) or is dropped (fail-closed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import time
+from typing import Any
+
+from alg.core import Gateway, Verdict
+from alg.daemon.carry import carry
+from alg.daemon.conntrack import Kernel, to_key
+from alg.daemon.settings import Settings
+from alg.daemon.status import StatusServer
+from alg.kernel.ctevents import DestroyListener
+from alg.kernel.ctnetlink import Ctnetlink
+
+log = logging.getLogger("ftp-alg")
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ct = Ctnetlink()
+        low, high = settings.port_range
+        self.kernel = Kernel(self.ct, settings.port_tries, (low, high))
+        self.gw = Gateway(settings.core, self.kernel.choose_port, self.kernel.mapper)
+        self.counters: dict[str, int] = {}
+        self.started = time.time()
+        self.stop = False
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def on_packet(self, pkt: Any) -> None:
+        """The queue callback: must give every packet a verdict, now or (held) later."""
+        self._count("packets")
+        try:
+            outcome = self.gw.packet(pkt, pkt.get_payload(), time.monotonic())
+            carry(outcome.actions, self.kernel)
+        except Exception:  # a bug of ours must not take the traffic down
+            self._count("errors")
+            log.exception(
+                "internal error on a packet: %s it",
+                "dropping" if self.settings.fail_closed else "passing",
+            )
+            if self.settings.fail_closed:
+                pkt.drop()
+            else:
+                pkt.accept()
+            return
+        if outcome.verdict is Verdict.ACCEPT:
+            if outcome.data is not None:
+                pkt.set_payload(outcome.data)
+                self._count("packets-changed")
+            pkt.accept()
+        elif outcome.verdict is Verdict.DROP:
+            self._count("packets-dropped")
+            pkt.drop()
+        else:
+            self._count("packets-held")
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "uptime": round(time.time() - self.started, 1),
+            "sessions": len(self.gw.sessions),
+            "expectations": len(self.kernel.owned),
+            "queue": self.settings.queue_num,
+            "control_ports": sorted(self.settings.core.control_ports),
+            "counters": dict(
+                sorted({**self.gw.counters, **self.kernel.counters, **self.counters}.items())
+            ),
+        }
+
+    def run(self) -> int:
+        from netfilterqueue import NetfilterQueue
+
+        rd, wr = os.pipe()
+        os.set_blocking(wr, False)
+        signal.set_wakeup_fd(wr)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        nfq = NetfilterQueue()
+        nfq.bind(self.settings.queue_num, self.on_packet, max_len=4096)
+        events = DestroyListener()
+        status = StatusServer(self.settings.status_socket)
+        log.info(
+            "ftp-alg running: queue %d, control ports %s, fail-%s",
+            self.settings.queue_num,
+            ",".join(map(str, sorted(self.settings.core.control_ports))),
+            "closed" if self.settings.fail_closed else "open",
+        )
+        qfd, efd, sfd = nfq.get_fd(), events.fileno(), status.fileno()
+        try:
+            while not self.stop:
+                now = time.monotonic()
+                deadline = self.gw.next_deadline()
+                timeout = 1.0 if deadline is None else min(1.0, max(0.0, deadline - now))
+                ready, _, _ = select.select([qfd, efd, sfd, rd], [], [], timeout)
+                if qfd in ready:
+                    nfq.run(block=False)
+                if efd in ready:
+                    for original in events.read_events():
+                        carry(self.gw.forget(to_key(original)), self.kernel)
+                if sfd in ready:
+                    status.serve(self.status())
+                if rd in ready:
+                    os.read(rd, 512)
+                carry(self.gw.tick(time.monotonic()), self.kernel)
+        finally:
+            log.info("ftp-alg stopping: releasing held packets, withdrawing expectations")
+            carry(self.gw.close(), self.kernel)
+            self.kernel.withdraw_all()
+            nfq.unbind()
+            events.close()
+            status.close()
+            self.ct.close()
+            signal.set_wakeup_fd(-1)
+        return 0
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.stop = True

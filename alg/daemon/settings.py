@@ -1,0 +1,74 @@
+"""The daemon's settings: defaults, then the TOML config file, then the command line.
+
+Every option and its default is listed in `docs/deployment.md` and `docs/ftp-alg.toml`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from alg.core import Config
+
+DEFAULT_STATUS_SOCKET = "/run/ftp-alg/status.sock"
+
+
+@dataclass(frozen=True)
+class Settings:
+    core: Config = field(default_factory=lambda: Config(control_ports=frozenset({21, 2121})))
+    queue_num: int = 0
+    # On an unexpected error inside the gateway: let the packet pass unchanged (open) or
+    # drop it (closed). Either way it is logged and counted.
+    fail_closed: bool = False
+    status_socket: str = DEFAULT_STATUS_SOCKET
+    log_level: str = "info"
+    # Outside address announced in rewrites instead of the one conntrack shows (double NAT:
+    # the router's WAN address is itself private). Keys and values are address strings.
+    announce: dict[str, str] = field(default_factory=dict)
+    # Bounded tries at a random outside port when the inside one is taken on the router.
+    port_tries: int = 16
+    port_range: tuple[int, int] = (1024, 65535)
+
+
+_CORE_KEYS = {f.name for f in fields(Config)}
+_DAEMON_KEYS = {f.name for f in fields(Settings)} - {"core"}
+
+
+def _core_value(name: str, value: Any) -> Any:
+    if name == "control_ports":
+        return frozenset(int(p) for p in value)
+    if name == "announce":
+        return {
+            ipaddress.ip_address(k).packed: ipaddress.ip_address(v).packed for k, v in value.items()
+        }
+    return value
+
+
+def load(path: str | None, overrides: dict[str, Any]) -> Settings:
+    """Settings from the file at `path` (if any), with `overrides` (non-None values) on top."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        with Path(path).open("rb") as f:
+            data = tomllib.load(f)
+    flat: dict[str, Any] = {}
+    for section in ("gateway", "daemon"):
+        flat.update(data.pop(section, {}))
+    flat.update(data)
+    flat.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(flat) - _CORE_KEYS - _DAEMON_KEYS
+    if unknown:
+        raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    core = Config(**{k: _core_value(k, v) for k, v in flat.items() if k in _CORE_KEYS})
+    if "control_ports" not in flat:
+        core = replace(core, control_ports=Settings().core.control_ports)
+    daemon = {k: v for k, v in flat.items() if k in _DAEMON_KEYS and k != "announce"}
+    if "port_range" in daemon:
+        daemon["port_range"] = tuple(daemon["port_range"])
+    settings = Settings(core=core, **daemon)
+    if "announce" in flat:
+        core = replace(core, announce=_core_value("announce", flat["announce"]))
+        settings = replace(settings, core=core, announce=dict(flat["announce"]))
+    return settings
