@@ -7,8 +7,8 @@ packets, then the verdict; events become log lines and counters.
 
 from __future__ import annotations
 
-from typing import NamedTuple
 from enum import IntEnum
+from typing import NamedTuple
 
 from alg.core.grammar import Kind
 

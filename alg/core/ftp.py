@@ -42,7 +42,9 @@ def _show(raw: bytes, limit: int = 120) -> str:
 
 
 def _addr(raw: bytes) -> str:
-    return "%d.%d.%d.%d" % tuple(raw) if len(raw) == 4 else str(ipaddress.IPv6Address(raw))
+    if len(raw) == 4:
+        return f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}"
+    return str(ipaddress.IPv6Address(raw))
 
 
 def on_line(

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import NamedTuple
 from enum import Enum
+from typing import NamedTuple
 
 from alg.core.errors import CoreError
 
