@@ -269,8 +269,8 @@ def _address(
     what = hp.kind.value
     if s.reply_key is None and s.ctx.mapper is not None:
         found = s.ctx.mapper(s.key)
-        if found is not None:
-            s.reply_key = found[1]
+        if found is not None:  # the packets of the reply direction will index it
+            s.key, s.reply_key = found
     if s.reply_key is None:
         _refuse(
             s,

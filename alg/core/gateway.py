@@ -21,6 +21,12 @@ def reverse(key: FlowKey) -> FlowKey:
     return (key[2], key[3], key[0], key[1])
 
 
+def inside_view(orig: FlowKey, reply: FlowKey) -> FlowKey:
+    """The client's packets after DNAT and before SNAT: source as sent, destination as the
+    server really is (mangle POSTROUTING, where the ORIGINAL direction is queued)."""
+    return (orig[0], orig[1], reply[0], reply[1])
+
+
 class Gateway:
     """Tracks FTP control connections and rewrites what crosses them."""
 
@@ -70,7 +76,7 @@ class Gateway:
         return outcome
 
     def _new_flow(self, seg: Segment, key: FlowKey, now: float) -> Half | None:
-        ports = self._ports
+        ports, mapper = self._ports, self.ctx.mapper
         if seg.dport in ports:
             old = self.flows.get(key)
             if old is not None:  # the same ports reused by a new connection
@@ -78,31 +84,39 @@ class Gateway:
             if len(self.sessions) >= self.config.max_sessions:
                 self.ctx.count("refusal.session-cap")
                 raise NotControlTraffic(f"{len(self.sessions)} sessions tracked: cap reached")
+            found = mapper(key) if mapper is not None else None
             session = Session(self.ctx, key, seg.version, now, greeted=not seg.flags & SYN)
             self.sessions[session.id] = session
             self.flows[key] = session.orig
+            if found is not None:
+                self._index(session, *found)
             self.ctx.count("session-new")
             return session.orig
         if seg.sport in ports:
-            found = self.ctx.mapper(key) if self.ctx.mapper is not None else None
-            orig_key = found[0] if found is not None else reverse(key)
-            half = self.flows.get(orig_key)
+            found = mapper(key) if mapper is not None else None
+            orig, reply = found if found is not None else (reverse(key), key)
+            half = self.flows.get(orig) or self.flows.get(inside_view(orig, reply))
             if half is None:
                 return None  # a reply to nothing we track (the client side was not seen)
-            self.bind(orig_key, key)
+            self._index(half.session, orig, reply)
             return half.session.reply
         return None
 
     def bind(self, orig_key: FlowKey, reply_key: FlowKey) -> None:
-        """Tell the core a connection's reply tuple (its NAT mapping), as conntrack has it."""
-        half = self.flows.get(orig_key)
-        if half is None:
-            return
-        session = half.session
-        if session.reply_key is not None and session.reply_key != reply_key:
+        """Tell the core a connection's tuples as conntrack has them (its NAT mapping)."""
+        half = self.flows.get(orig_key) or self.flows.get(inside_view(orig_key, reply_key))
+        if half is not None:
+            self._index(half.session, orig_key, reply_key)
+
+    def _index(self, session: Session, orig: FlowKey, reply: FlowKey) -> None:
+        """Find the session by every view of it: the original tuple, the reply tuple, and
+        the client's packets after DNAT (where the ORIGINAL direction may be queued)."""
+        session.key = orig
+        if session.reply_key is not None and session.reply_key != reply:
             self.flows.pop(session.reply_key, None)
-        session.reply_key = reply_key
-        self.flows[reply_key] = session.reply
+        session.reply_key = reply
+        self.flows[reply] = session.reply
+        self.flows.setdefault(orig, session.orig)
 
     # ---- time ----------------------------------------------------------------------------
 
@@ -154,7 +168,10 @@ class Gateway:
 
     def _remove(self, session: Session, reason: str = "replaced") -> list[Action]:
         self.sessions.pop(session.id, None)
-        for key in (session.key, session.reply_key):
+        keys = [session.key, session.reply_key]
+        if session.reply_key is not None:
+            keys.append(inside_view(session.key, session.reply_key))
+        for key in keys:
             if key is not None and self.flows.get(key) in (session.orig, session.reply):
                 del self.flows[key]
         self._holding.discard(session.orig)

@@ -69,7 +69,9 @@ class Kernel:
 
     def mapper(self, key: FlowKey) -> tuple[FlowKey, FlowKey] | None:
         try:
-            found = self.ct.lookup(to_tuple(key))
+            # A client packet queued after DNAT shows the server's real address: it is then
+            # the reply tuple turned round.
+            found = self.ct.lookup(to_tuple(key)) or self.ct.lookup(to_tuple(key).reversed())
         except CtnetlinkError as exc:
             self._count("conntrack-lookup-error")
             log.warning("conntrack look-up of %s failed: %s", to_tuple(key), exc)

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Provisions the lab's router: forwarding, MASQUERADE of everything leaving the public network
+# (IPv4 and IPv6), a port forward (DNAT) of the public address's FTP ports to the inside
+# server, and the FTP gateway in front of it all.
+#
+# Usage: router.sh up [MODE] | gateway MODE | down      (environment: see README.md)
+#   MODE: none     plain NAT: active and passive FTP through it fail, which the lab shows
+#         kernel   the kernel's ftp helper (nf_conntrack_ftp + nf_nat_ftp) attached in raw
+#         ftp-alg  this project's gateway: `ftp-alg rules apply` + `ftp-alg run` (hook below)
+# Idempotent: the lab's rules live in their own chains (LAB-*), flushed and refilled each time,
+# so running `up` again or switching the gateway never stacks rules.
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=common.sh
+. "$here/common.sh"
+
+need LAB_NODE LAB_STATE_DIR LAB_NAT_PUBLIC_NETWORK LAB_NAT_FORWARD_NODE LAB_NAT_FORWARD_NETWORK \
+    LAB_NAT_FORWARD_PORTS LAB_FTP_VSFTPD_PORT LAB_FTP_PYFTPDLIB_PORT
+FTP_ALG=${LAB_FTP_ALG:-ftp-alg}
+DIR=$(node_dir)
+PUBLIC4=$(var "LAB_${LAB_NODE}_${LAB_NAT_PUBLIC_NETWORK}_IPV4")
+PUBLIC6=$(var "LAB_${LAB_NODE}_${LAB_NAT_PUBLIC_NETWORK}_IPV6")
+INSIDE4=$(var "LAB_${LAB_NAT_FORWARD_NODE}_${LAB_NAT_FORWARD_NETWORK}_IPV4")
+INSIDE6=$(var "LAB_${LAB_NAT_FORWARD_NODE}_${LAB_NAT_FORWARD_NETWORK}_IPV6")
+HELPER_PORTS="$LAB_FTP_VSFTPD_PORT $LAB_FTP_PYFTPDLIB_PORT"
+[ -n "$PUBLIC4" ] && [ -n "$INSIDE4" ] || die "no public or inside address in the environment"
+
+# ipt 4|6 ARGS...: iptables or ip6tables, waiting for the xtables lock.
+ipt() {
+    local fam=$1
+    shift
+    if [ "$fam" = 4 ]; then iptables -w "$@"; else ip6tables -w "$@"; fi
+}
+
+# own_chain FAM TABLE CHAIN PARENT: create (or empty) CHAIN and make PARENT jump to it first.
+own_chain() {
+    ipt "$1" -t "$2" -N "$3" 2>/dev/null || ipt "$1" -t "$2" -F "$3"
+    ipt "$1" -t "$2" -C "$4" -j "$3" 2>/dev/null || ipt "$1" -t "$2" -I "$4" 1 -j "$3"
+}
+
+drop_chain() {
+    local i
+    for ((i = 0; i < 100; i++)); do ipt "$1" -t "$2" -D "$4" -j "$3" 2>/dev/null || break; done
+    ipt "$1" -t "$2" -F "$3" 2>/dev/null || true
+    ipt "$1" -t "$2" -X "$3" 2>/dev/null || true
+}
+
+nat_rules() {
+    local wan fam pub inside port
+    wan=$(iface_of "$PUBLIC4")
+    [ -n "$wan" ] || die "no interface carries the public address $PUBLIC4"
+    for fam in 4 6; do
+        if [ "$fam" = 4 ]; then pub=$PUBLIC4 inside=$INSIDE4; else pub=$PUBLIC6 inside="[$INSIDE6]"; fi
+        [ -n "$pub" ] && [ "$inside" != "[]" ] || continue
+        own_chain "$fam" nat LAB-MASQ POSTROUTING
+        if [ "${LAB_NAT_MASQUERADE:-1}" = 1 ]; then
+            ipt "$fam" -t nat -A LAB-MASQ -o "$wan" -j MASQUERADE
+        fi
+        own_chain "$fam" nat LAB-FORWARD PREROUTING
+        for port in $LAB_NAT_FORWARD_PORTS; do
+            ipt "$fam" -t nat -A LAB-FORWARD -d "$pub" -p tcp --dport "$port" \
+                -j DNAT --to-destination "$inside:$port"
+        done
+    done
+}
+
+# The kernel helper must be attached in raw PREROUTING, before DNAT: matching the port alone
+# catches both the client's connections to outside servers and the outside clients'
+# connections to the public address (the port forward), as they arrive.
+kernel_helper_rules() {
+    local fam port
+    for fam in 4 6; do
+        for port in $HELPER_PORTS; do
+            ipt "$fam" -t raw -A LAB-HELPER -p tcp --dport "$port" -j CT --helper ftp
+        done
+    done
+}
+
+# --- ftp-alg hook (for the lead to finish once the daemon exists) -------------------------
+# Everything ftp-alg mode does is in these two functions. If the daemon exits at once,
+# switching to ftp-alg fails here, loudly, and undoes its rules. The daemon gives no readiness
+# signal yet: it counts as started if it is still running after 1.5 s (a --ready-file, or
+# polling `ftp-alg status --status-socket`, would make this exact).
+alg_gateway_start() {
+    local ports=${HELPER_PORTS// /,} i
+    touch "$DIR/ftp-alg-rules.applied"
+    "$FTP_ALG" rules apply --ports "$ports" || {
+        alg_gateway_stop
+        die "ftp-alg rules apply --ports $ports failed"
+    }
+    # the status socket per lab: the default path is shared by every namespace on the machine
+    start_bg ftp-alg "$FTP_ALG" run --queue-num 0 --ports "$ports" \
+        --status-socket "$DIR/ftp-alg-status.sock"
+    for ((i = 0; i < 15; i++)); do
+        running ftp-alg || break
+        sleep 0.1
+    done
+    if ! running ftp-alg; then
+        tail -n 20 "$DIR/logs/ftp-alg.log" >&2 || true
+        alg_gateway_stop
+        die "ftp-alg run exited at once (log above); its rules were removed again"
+    fi
+}
+
+alg_gateway_stop() {
+    stop_bg ftp-alg
+    if [ -f "$DIR/ftp-alg-rules.applied" ]; then
+        "$FTP_ALG" rules remove --ports "${HELPER_PORTS// /,}" ||
+            log "warning: ftp-alg rules remove failed; its rules may still be in place"
+        rm -f "$DIR/ftp-alg-rules.applied"
+    fi
+}
+# -------------------------------------------------------------------------------------------
+
+# gateway MODE: switch the gateway. Connection tracking is flushed so that connections made
+# under the previous mode (with or without a helper) do not blur the next test.
+gateway() {
+    local mode=$1 fam
+    case "$mode" in none | kernel | ftp-alg) ;; *) die "unknown gateway mode '$mode'" ;; esac
+    alg_gateway_stop
+    for fam in 4 6; do own_chain "$fam" raw LAB-HELPER PREROUTING; done
+    conntrack -F >/dev/null 2>&1 || true
+    echo none >"$DIR/gateway-mode" # what the router is now, should the switch below fail
+    case "$mode" in
+        kernel) kernel_helper_rules ;;
+        ftp-alg) alg_gateway_start ;;
+    esac
+    echo "$mode" >"$DIR/gateway-mode"
+    log "gateway: $mode"
+}
+
+up() {
+    mkdir -p "$DIR/logs"
+    sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+    nat_rules
+    gateway "${1:-${LAB_GATEWAY_MODE:-none}}"
+}
+
+down() {
+    local fam
+    alg_gateway_stop
+    for fam in 4 6; do
+        drop_chain "$fam" raw LAB-HELPER PREROUTING
+        drop_chain "$fam" nat LAB-FORWARD PREROUTING
+        drop_chain "$fam" nat LAB-MASQ POSTROUTING
+    done
+    rm -f "$DIR/gateway-mode"
+}
+
+case "${1:-up}" in
+    up) up "${2:-}" ;;
+    gateway) gateway "${2:?usage: $0 gateway none|kernel|ftp-alg}" ;;
+    down) down ;;
+    *) die "usage: $0 up [MODE] | gateway MODE | down" ;;
+esac
