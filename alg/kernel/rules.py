@@ -11,8 +11,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-CHAIN = "FTP_ALG"  # our own chain in the raw table: `remove` takes away exactly what we added
-HOOKS = ("PREROUTING", "OUTPUT")  # forwarded and incoming traffic; the router's own connections
+
+@dataclass(frozen=True)
+class Chain:
+    """One of our own chains: `remove` takes away exactly what we added."""
+
+    table: str
+    name: str
+    hook: str  # the built-in chain that jumps to it
+
+
+# raw PREROUTING: the anchor, and the queue for packets from the control ports (before conntrack)
+RAW_IN = Chain("raw", "FTP_ALG", "PREROUTING")
+# raw OUTPUT: the anchor only, for the router's own connections
+RAW_OUT = Chain("raw", "FTP_ALG_OUT", "OUTPUT")
+# mangle POSTROUTING: the queue for packets to the control ports (after conntrack, before SNAT)
+MANGLE_POST = Chain("mangle", "FTP_ALG", "POSTROUTING")
+CHAINS = (RAW_IN, RAW_OUT, MANGLE_POST)
+TABLES = ("raw", "mangle")
 NFT_TABLE = "ftp_alg"  # `table inet ftp_alg`
 ANCHOR_HELPER = "sane"
 TOOLS = {4: "iptables", 6: "ip6tables"}
@@ -20,11 +36,33 @@ MAX_PORTS = 15  # the multiport match's limit
 
 WHY = """\
 Why these rules:
-- Control-connection packets go to NFQUEUE in the raw table, before conntrack, in both
-  directions: to the control ports (PORT, EPRT) and from them (227, 229). The ALG changes the
-  length of those lines and shifts later seq/ack numbers itself, so conntrack must only ever
-  see the corrected numbers. Queued after conntrack (mangle FORWARD), the server's acks cover
-  bytes conntrack never saw: they are marked INVALID, not de-NATed, and the router sends RST.
+- The ALG changes the length of PORT/EPRT lines (client -> server) and 227/229 lines
+  (server -> client) and shifts every later seq and ack itself, so from the first such
+  rewrite on, client and server number the same bytes differently. conntrack checks each
+  packet's ack against the data it has seen going the other way, so it must see the whole
+  control connection in ONE sequence space. These rules make that the client's:
+  - packets to the control ports (client -> server, conntrack's original direction) go to
+    NFQUEUE in mangle POSTROUTING, after conntrack has tracked them exactly as the client
+    sent them (and before SNAT). The ALG rewrites them and shifts them into the server's
+    numbering there, where conntrack no longer looks.
+  - packets from the control ports (server -> client, the reply direction) go to NFQUEUE in
+    raw PREROUTING, before conntrack. The ALG rewrites 227/229 and maps their seq and ack
+    into the client's numbering there, so conntrack sees them as the client will.
+- Queueing both directions in raw, before conntrack, is wrong: conntrack then sees every
+  packet in the numbering of its receiver, the client's rewritten data in the server's and
+  the server's acks for it in the client's (likewise for 227/229 the other way). After a
+  rewrite that shortens a line, the acks lie beyond anything conntrack saw sent ("ACK over
+  upper bound"): they are marked INVALID, not de-NATed, and the router answers with RST. A
+  lengthening rewrite only makes the acks lag behind, which conntrack tolerates, so the fault
+  hides there. Queueing both after conntrack (mangle FORWARD) mixes the numberings the other
+  way round and fails on lengthening rewrites.
+- The router's own FTP clients: their packets pass mangle POSTROUTING too and the replies
+  come in through PREROUTING, so raw OUTPUT queues nothing (that would queue them twice); it
+  only attaches the anchor. Connections to an FTP server on the router itself are not queued
+  at all (their client packets never reach POSTROUTING): no NAT stands between the two ends.
+- In mangle POSTROUTING a port-forwarded (DNATed) control connection already shows the inside
+  server's address and port, as its replies do in raw PREROUTING: if a port forward changes
+  the port, list both the public and the inside port.
 - --queue-bypass (nft: bypass): when the daemon is not running, FTP passes unchanged instead
   of being dropped.
 - The kernel creates an expectation (ctnetlink EXP_NEW) only for a connection that has a
@@ -35,13 +73,14 @@ Why these rules:
 - The anchor matches the destination port as packets arrive, before DNAT, so port-forwarded
   control connections (server behind the router) get it too; a rule on the inside address
   would never match.
-- iptables: the anchor rule comes before the NFQUEUE rule, because a packet accepted from the
-  queue continues at the next hook, not at the next rule. It matches every packet: in raw,
-  conntrack has not run (no --ctstate NEW), and the CT target's template is only used when
-  conntrack creates the connection, so later packets are unaffected.
-- With a queue range (--queue-balance), the kernel spreads connections by addresses as seen
-  before NAT, so the two directions of one connection can land on different queues: one
-  process must serve the whole range."""
+- iptables: in raw the anchor rule comes before the NFQUEUE rule, because a packet accepted
+  from the queue continues at the next hook, not at the next rule. It matches every packet:
+  in raw, conntrack has not run (no --ctstate NEW), and the CT target's template is only used
+  when conntrack creates the connection, so later packets are unaffected.
+- With a queue range (--queue-balance), the kernel spreads packets by their addresses where
+  they are queued; the two directions are queued on different sides of NAT, so one
+  connection's packets can land on different queues: one process must serve the whole
+  range."""
 
 
 @dataclass(frozen=True)
@@ -91,20 +130,24 @@ def parse_balance(text: str) -> tuple[int, int]:
 
 # --- iptables --------------------------------------------------------------------------------
 
-StepKind = Literal["chain", "rule", "jump", "unjump", "drop_chain"]
+StepKind = Literal["chain", "rule", "jump", "unjump", "drop_chain", "drop_empty_table"]
 
 
 @dataclass(frozen=True)
 class Step:
-    """One idempotent change to the raw table of one family.
+    """One idempotent change to one table of one family.
 
-    chain: create CHAIN or empty it if it exists; rule: append `args` to CHAIN; jump: insert
-    `-j CHAIN` first in `hook` unless present; unjump: delete every `-j CHAIN` from `hook`;
-    drop_chain: empty and delete CHAIN if it exists.
+    chain: create `chain` or empty it if it exists; rule: append `args` to `chain`; jump: insert
+    `-j chain` first in `hook` unless present; unjump: delete every `-j chain` from `hook`;
+    drop_chain: empty and delete `chain` if it exists; drop_empty_table: with iptables-nft,
+    delete the table if nothing is left in it but ACCEPT policies (apply may have created it;
+    an empty table filters nothing, so `iptables-save` then reads as before apply).
     """
 
     kind: StepKind
     tool: str
+    table: str
+    chain: str
     hook: str = ""
     args: tuple[str, ...] = field(default=())
 
@@ -122,23 +165,41 @@ def _queue_target(opts: RuleOptions) -> tuple[str, ...]:
     return ("-j", "NFQUEUE", "--queue-num", str(opts.queue_num), "--queue-bypass")
 
 
-def iptables_rules(opts: RuleOptions) -> tuple[tuple[str, ...], ...]:
-    """The rules inside CHAIN, in order (the same for both families)."""
+def iptables_rules(opts: RuleOptions) -> dict[Chain, tuple[tuple[str, ...], ...]]:
+    """The rules inside each of our chains, in order (the same for both families)."""
     to_ports = _port_match("dport", opts.ports)
-    return (
-        (*to_ports, "-j", "CT", "--helper", ANCHOR_HELPER),
-        (*to_ports, *_queue_target(opts)),
-        (*_port_match("sport", opts.ports), *_queue_target(opts)),
-    )
+    anchor = (*to_ports, "-j", "CT", "--helper", ANCHOR_HELPER)
+    return {
+        RAW_IN: (anchor, (*_port_match("sport", opts.ports), *_queue_target(opts))),
+        RAW_OUT: (anchor,),
+        MANGLE_POST: ((*to_ports, *_queue_target(opts)),),
+    }
+
+
+def _all_jumps() -> list[tuple[str, str, str]]:
+    """(table, hook, chain): every place a jump of ours can sit, this layout's or an older
+    one's (the first rule set also jumped to FTP_ALG from raw OUTPUT and queued there)."""
+    jumps: list[tuple[str, str, str]] = []
+    for table in TABLES:
+        ours = [c for c in CHAINS if c.table == table]
+        jumps += [(table, hook.hook, chain.name) for hook in ours for chain in ours]
+    return jumps
 
 
 def apply_steps(opts: RuleOptions) -> list[Step]:
+    wanted = {(c.table, c.hook, c.name) for c in CHAINS}
     steps: list[Step] = []
     for family in opts.families:
         tool = TOOLS[family]
-        steps.append(Step("chain", tool))
-        steps += [Step("rule", tool, args=rule) for rule in iptables_rules(opts)]
-        steps += [Step("jump", tool, hook=hook) for hook in HOOKS]
+        steps += [
+            Step("unjump", tool, table, chain, hook=hook)
+            for table, hook, chain in _all_jumps()
+            if (table, hook, chain) not in wanted
+        ]
+        for chain, rules in iptables_rules(opts).items():
+            steps.append(Step("chain", tool, chain.table, chain.name))
+            steps += [Step("rule", tool, chain.table, chain.name, args=rule) for rule in rules]
+            steps.append(Step("jump", tool, chain.table, chain.name, hook=chain.hook))
     return steps
 
 
@@ -146,23 +207,33 @@ def remove_steps(families: tuple[int, ...] = (4, 6)) -> list[Step]:
     steps: list[Step] = []
     for family in families:
         tool = TOOLS[family]
-        steps += [Step("unjump", tool, hook=hook) for hook in HOOKS]
-        steps.append(Step("drop_chain", tool))
+        steps += [
+            Step("unjump", tool, table, chain, hook=hook) for table, hook, chain in _all_jumps()
+        ]
+        steps += [Step("drop_chain", tool, c.table, c.name) for c in CHAINS]
+        steps += [Step("drop_empty_table", tool, t, "") for t in sorted({c.table for c in CHAINS})]
     return steps
 
 
 def shell_line(step: Step) -> str:
     """The POSIX shell equivalent of `rules_exec` running the step."""
-    ipt = f"{step.tool} -w -t raw"
+    ipt = f"{step.tool} -w -t {step.table}"
+    chain = step.chain
     if step.kind == "chain":
-        return f"{ipt} -N {CHAIN} 2>/dev/null || {ipt} -F {CHAIN}"
+        return f"{ipt} -N {chain} 2>/dev/null || {ipt} -F {chain}"
     if step.kind == "rule":
-        return f"{ipt} -A {CHAIN} {' '.join(step.args)}"
+        return f"{ipt} -A {chain} {' '.join(step.args)}"
     if step.kind == "jump":
-        return f"{ipt} -C {step.hook} -j {CHAIN} 2>/dev/null || {ipt} -I {step.hook} 1 -j {CHAIN}"
+        return f"{ipt} -C {step.hook} -j {chain} 2>/dev/null || {ipt} -I {step.hook} 1 -j {chain}"
     if step.kind == "unjump":
-        return f"while {ipt} -D {step.hook} -j {CHAIN} 2>/dev/null; do :; done"
-    return f"if {ipt} -F {CHAIN} 2>/dev/null; then {ipt} -X {CHAIN}; fi"
+        return f"while {ipt} -D {step.hook} -j {chain} 2>/dev/null; do :; done"
+    if step.kind == "drop_empty_table":
+        family = "ip6" if step.tool == "ip6tables" else "ip"
+        return (
+            f"if {step.tool} -V | grep -q nf_tables && ! {ipt} -S | grep -qv '^-P .* ACCEPT$';"
+            f" then nft delete table {family} {step.table}; fi"
+        )
+    return f"if {ipt} -F {chain} 2>/dev/null; then {ipt} -X {chain}; fi"
 
 
 def _comment(text: str) -> str:
@@ -175,7 +246,8 @@ def render_iptables_script(opts: RuleOptions | None = None) -> str:
     saves = "; ".join(f"{TOOLS[f]}-save -t raw" for f in opts.families)
     body = [
         "#!/bin/sh",
-        f"# ftp-alg rule set for {tools} (raw table, chain {CHAIN}).",
+        f"# ftp-alg rule set for {tools}, in chains of its own:",
+        *(f"#   {c.table} table, chain {c.name}, jumped to from {c.hook}" for c in CHAINS),
         "# Rendered by `ftp-alg rules render --backend iptables`; `ftp-alg rules apply` runs",
         "# the same commands. Usage: sh ftp-alg.iptables.sh apply|remove",
         "#",
@@ -224,8 +296,11 @@ def _nft_queue(opts: RuleOptions) -> str:
 def render_nft(opts: RuleOptions | None = None) -> str:
     """`table inet ftp_alg`; loading the file replaces the table (so it is idempotent).
 
-    Here the anchor is a `ct helper` object set after conntrack (priority mangle, still before
-    DNAT) on new connections, since nft cannot attach a helper before conntrack runs.
+    The queues sit where the iptables ones do: packets from the control ports at prerouting,
+    priority raw (before conntrack), packets to them at postrouting, priority mangle (after
+    conntrack, before SNAT). The anchor is a `ct helper` object set after conntrack (priority
+    mangle, still before DNAT) on new connections, since nft cannot attach a helper before
+    conntrack runs.
     """
     opts = opts or RuleOptions()
     only = "" if len(opts.families) == 2 else f"meta nfproto ipv{opts.families[0]} "
@@ -240,7 +315,8 @@ def render_nft(opts: RuleOptions | None = None) -> str:
             "\t}",
         ]
 
-    queue_rules = [f"{only}tcp dport {ports} {queue}", f"{only}tcp sport {ports} {queue}"]
+    reply_queue = [f"{only}tcp sport {ports} {queue}"]
+    original_queue = [f"{only}tcp dport {ports} {queue}"]
     anchor_rules = [f'{only}tcp dport {ports} ct state new ct helper set "ftp_alg_anchor"']
     body = [
         "#!/usr/sbin/nft -f",
@@ -260,9 +336,9 @@ def render_nft(opts: RuleOptions | None = None) -> str:
         f'\t\ttype "{ANCHOR_HELPER}" protocol tcp',
         "\t}",
         "",
-        *chain("queue_prerouting", "prerouting", "raw", queue_rules),
+        *chain("queue_prerouting", "prerouting", "raw", reply_queue),
         "",
-        *chain("queue_output", "output", "raw", queue_rules),
+        *chain("queue_postrouting", "postrouting", "mangle", original_queue),
         "",
         *chain("anchor_prerouting", "prerouting", "mangle", anchor_rules),
         "",

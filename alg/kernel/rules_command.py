@@ -131,9 +131,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     try:
         if args.backend in ("auto", "iptables"):
             for family in _FAMILIES[args.family]:
-                lines = rules_exec.iptables_installed(family)
-                if lines:
-                    print(f"# {rules.TOOLS[family]} -t raw")
+                for table, lines in rules_exec.iptables_installed(family).items():
+                    print(f"# {rules.TOOLS[family]} -t {table}")
                     print("\n".join(lines))
                     shown = True
         if args.backend in ("auto", "nft") and rules_exec.nft_table_installed():

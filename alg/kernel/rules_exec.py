@@ -11,9 +11,9 @@ import subprocess
 from collections.abc import Sequence
 
 from alg.kernel.rules import (
-    CHAIN,
-    HOOKS,
+    CHAINS,
     NFT_TABLE,
+    TABLES,
     TOOLS,
     RuleOptions,
     Step,
@@ -90,33 +90,42 @@ def nft_remove() -> None:
 # --- iptables --------------------------------------------------------------------------------
 
 
-def _ipt(tool: str, *args: str) -> list[str]:
-    return [tool, "-w", "-t", "raw", *args]
+def _ipt(tool: str, table: str, *args: str) -> list[str]:
+    return [tool, "-w", "-t", table, *args]
 
 
-def _chain_exists(tool: str) -> bool:
-    return run(_ipt(tool, "-S", CHAIN)).returncode == 0
+def _chain_exists(tool: str, table: str, chain: str) -> bool:
+    return run(_ipt(tool, table, "-S", chain)).returncode == 0
 
 
 def run_step(step: Step) -> None:
     """Run one step with the semantics `rules.shell_line` renders."""
-    tool = step.tool
+    tool, table, chain = step.tool, step.table, step.chain
     if step.kind == "chain":
-        if _chain_exists(tool):
-            _must(_ipt(tool, "-F", CHAIN))
+        if _chain_exists(tool, table, chain):
+            _must(_ipt(tool, table, "-F", chain))
         else:
-            _must(_ipt(tool, "-N", CHAIN))
+            _must(_ipt(tool, table, "-N", chain))
     elif step.kind == "rule":
-        _must(_ipt(tool, "-A", CHAIN, *step.args))
+        _must(_ipt(tool, table, "-A", chain, *step.args))
     elif step.kind == "jump":
-        if run(_ipt(tool, "-C", step.hook, "-j", CHAIN)).returncode != 0:
-            _must(_ipt(tool, "-I", step.hook, "1", "-j", CHAIN))
+        if run(_ipt(tool, table, "-C", step.hook, "-j", chain)).returncode != 0:
+            _must(_ipt(tool, table, "-I", step.hook, "1", "-j", chain))
     elif step.kind == "unjump":
-        while run(_ipt(tool, "-C", step.hook, "-j", CHAIN)).returncode == 0:
-            _must(_ipt(tool, "-D", step.hook, "-j", CHAIN))
-    elif _chain_exists(tool):  # drop_chain
-        _must(_ipt(tool, "-F", CHAIN))
-        _must(_ipt(tool, "-X", CHAIN))
+        while run(_ipt(tool, table, "-C", step.hook, "-j", chain)).returncode == 0:
+            _must(_ipt(tool, table, "-D", step.hook, "-j", chain))
+    elif step.kind == "drop_empty_table":
+        leftover = [
+            r
+            for r in _must(_ipt(tool, table, "-S")).splitlines()
+            if not (r.startswith("-P ") and r.endswith(" ACCEPT"))
+        ]
+        if not leftover and "nf_tables" in _must([tool, "-V"]):
+            family = "ip6" if tool == "ip6tables" else "ip"
+            run(["nft", "delete", "table", family, table])
+    elif _chain_exists(tool, table, chain):  # drop_chain
+        _must(_ipt(tool, table, "-F", chain))
+        _must(_ipt(tool, table, "-X", chain))
 
 
 def iptables_apply(opts: RuleOptions) -> None:
@@ -129,16 +138,25 @@ def iptables_remove(families: tuple[int, ...]) -> None:
         run_step(step)
 
 
-def iptables_installed(family: int) -> list[str]:
-    """Our rules as `iptables -S` prints them: the jumps, then the chain."""
+def iptables_installed(family: int) -> dict[str, list[str]]:
+    """Our rules as `iptables -S` prints them, per table (only tables holding some): the
+    jumps to our chains, then the chains."""
     tool = TOOLS[family]
-    if not _chain_exists(tool):
-        return []
-    lines: list[str] = []
-    for hook in HOOKS:
-        listed = run(_ipt(tool, "-S", hook)).stdout.splitlines()
-        lines += [line for line in listed if line.endswith(f"-j {CHAIN}")]
-    return lines + run(_ipt(tool, "-S", CHAIN)).stdout.splitlines()
+    found: dict[str, list[str]] = {}
+    for table in TABLES:
+        names = list(dict.fromkeys(c.name for c in CHAINS if c.table == table))
+        present = [name for name in names if _chain_exists(tool, table, name)]
+        if not present:
+            continue
+        jumps = tuple(f"-j {name}" for name in present)
+        lines: list[str] = []
+        for hook in dict.fromkeys(c.hook for c in CHAINS if c.table == table):
+            listed = run(_ipt(tool, table, "-S", hook)).stdout.splitlines()
+            lines += [line for line in listed if line.endswith(jumps)]
+        for name in present:
+            lines += run(_ipt(tool, table, "-S", name)).stdout.splitlines()
+        found[table] = lines
+    return found
 
 
 # --- conflicts -------------------------------------------------------------------------------

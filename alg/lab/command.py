@@ -121,7 +121,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--gateway",
         choices=[m for m in backend.GATEWAY_MODES if m != "none"],
-        default="kernel",
+        default="ftp-alg",
         help="gateway for the working half (default: %(default)s)",
     )
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")

@@ -137,7 +137,7 @@ class _Demo:
         return ok == expect_ok
 
 
-def run(prefix: str, working_gateway: str = "kernel", keep: bool = False, say: Say = print) -> int:
+def run(prefix: str, working_gateway: str = "ftp-alg", keep: bool = False, say: Say = print) -> int:
     topo = load()
     started = not backend.is_up(prefix, topo)
     if started:

@@ -76,7 +76,9 @@ class Lab:
         """The real CLI, run inside the router namespace."""
         return self.run(self.router, sys.executable, "-m", "alg.cli", *argv, check=False)
 
-    def save(self, tool: str = "iptables", tables: Sequence[str] = ("raw", "nat", "filter")) -> str:
+    def save(
+        self, tool: str = "iptables", tables: Sequence[str] = ("raw", "mangle", "nat", "filter")
+    ) -> str:
         """`iptables-save` of the router without its timestamp comments."""
         out = []
         for table in tables:

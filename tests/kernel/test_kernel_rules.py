@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from alg.kernel import rules, rules_exec
 from alg.kernel.ctnetlink import Ctnetlink, Tuple
-from tests.kernel.lab import INSIDE4, OUTSIDE4, ROUTER_OUT4, Lab, netns
+from tests.kernel.lab import INSIDE4, OUTSIDE4, OUTSIDE6, ROUTER_OUT4, Lab, netns
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
 
@@ -24,12 +26,49 @@ def test_rules_folder_matches_the_renderer() -> None:
     assert (RULES_DIR / "ftp-alg.nft").read_text() == rules.render_nft()
 
 
-def test_anchor_comes_before_queue_and_matches_ports_only() -> None:
-    chain = rules.iptables_rules(rules.RuleOptions())
-    assert chain[0][-3:] == ("CT", "--helper", "sane")
-    assert "NFQUEUE" in chain[1] and "--dports" in chain[1]
-    assert "NFQUEUE" in chain[2] and "--sports" in chain[2]
-    assert not any(flag in rule for rule in chain for flag in ("-d", "-s", "--helper ftp"))
+def test_queue_placement_and_anchor_order() -> None:
+    """To the control ports: mangle POSTROUTING (after conntrack); from them: raw PREROUTING
+    (before conntrack), after the anchor; raw OUTPUT: the anchor only, nothing queued."""
+    chains = rules.iptables_rules(rules.RuleOptions())
+    placed = {(c.table, c.hook): c.name for c in chains}
+    assert placed == {
+        ("raw", "PREROUTING"): "FTP_ALG",
+        ("raw", "OUTPUT"): "FTP_ALG_OUT",
+        ("mangle", "POSTROUTING"): "FTP_ALG",
+    }
+    raw_in, raw_out, mangle = (chains[c] for c in (rules.RAW_IN, rules.RAW_OUT, rules.MANGLE_POST))
+    anchor = ("-p", "tcp", "-m", "multiport", "--dports", "21,2121", "-j", "CT", "--helper", "sane")
+    assert raw_in[0] == anchor and raw_out == (anchor,)
+    assert len(raw_in) == 2 and "NFQUEUE" in raw_in[1] and "--sports" in raw_in[1]
+    assert len(mangle) == 1 and "NFQUEUE" in mangle[0] and "--dports" in mangle[0]
+    every = [rule for chain in chains.values() for rule in chain]
+    assert sum("NFQUEUE" in rule for rule in every) == 2  # each direction queued once
+    assert not any(flag in rule for rule in every for flag in ("-d", "-s", "--helper ftp"))
+
+
+def test_nft_queue_placement() -> None:
+    nft = rules.render_nft()
+    chains = dict(
+        re.findall(r"chain (\w+) \{\n\t\ttype filter hook ([a-z]+ priority [a-z]+);", nft)
+    )
+    assert chains == {
+        "queue_prerouting": "prerouting priority raw",
+        "queue_postrouting": "postrouting priority mangle",
+        "anchor_prerouting": "prerouting priority mangle",
+        "anchor_output": "output priority mangle",
+    }
+    body = nft.split("chain queue_prerouting")[1]
+    prerouting, postrouting = body.split("chain queue_postrouting")
+    assert "tcp sport { 21, 2121 } queue" in prerouting and "dport" not in prerouting
+    postrouting = postrouting.split("chain anchor_prerouting")[0]
+    assert "tcp dport { 21, 2121 } queue" in postrouting and "sport" not in postrouting
+    assert nft.count(" queue num ") == 2
+
+
+def test_why_text_explains_the_sequence_space() -> None:
+    why = " ".join(rules.WHY.split())
+    assert "ONE sequence space" in why and "mangle POSTROUTING" in why
+    assert "ACK over upper bound" in why
 
 
 def test_render_options() -> None:
@@ -37,9 +76,14 @@ def test_render_options() -> None:
     script = rules.render_iptables_script(opts)
     assert "ip6tables -w" not in script
     assert "--dport 2121 -j CT --helper sane" in script
-    assert "--queue-balance 2:5 --queue-bypass" in script
+    assert (
+        "iptables -w -t mangle -A FTP_ALG -p tcp --dport 2121 -j NFQUEUE --queue-balance 2:5"
+        " --queue-bypass" in script
+    )
+    assert "iptables -w -t raw -A FTP_ALG -p tcp --sport 2121 -j NFQUEUE" in script
     nft = rules.render_nft(opts)
     assert "meta nfproto ipv4 tcp dport 2121 queue num 2-5 bypass" in nft
+    assert "meta nfproto ipv4 tcp sport 2121 queue num 2-5 bypass" in nft
 
 
 @pytest.mark.parametrize(
@@ -85,6 +129,8 @@ def _add_unrelated_rules(lab: Lab) -> None:
     for rule in (
         ("-t", "raw", "-A", "PREROUTING", "-p", "udp", "--dport", "5353", "-j", "ACCEPT"),
         ("-t", "raw", "-A", "OUTPUT", "-p", "tcp", "--dport", "8080", "-j", "ACCEPT"),
+        ("-t", "mangle", "-A", "POSTROUTING", "-p", "tcp", "--dport", "25", "-j", "ACCEPT"),
+        ("-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "--dport", "21", "-j", "ACCEPT"),
         ("-t", "filter", "-A", "FORWARD", "-p", "tcp", "--dport", "23", "-j", "DROP"),
         ("-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "8022", "-j", "REDIRECT"),
     ):
@@ -93,7 +139,13 @@ def _add_unrelated_rules(lab: Lab) -> None:
 
 
 def _remove_unrelated_rules(lab: Lab) -> None:
-    for table, chain in (("raw", "PREROUTING"), ("raw", "OUTPUT"), ("filter", "FORWARD")):
+    for table, chain in (
+        ("raw", "PREROUTING"),
+        ("raw", "OUTPUT"),
+        ("mangle", "POSTROUTING"),
+        ("mangle", "PREROUTING"),
+        ("filter", "FORWARD"),
+    ):
         for tool in ("iptables", "ip6tables"):
             lab.run(lab.router, tool, "-w", "-t", table, "-F", chain)
     for tool, rule in (
@@ -115,19 +167,44 @@ def test_apply_twice_then_remove_restores_every_table(lab: Lab) -> None:
             assert "applied (iptables" in done.stdout
 
         for tool in ("iptables", "ip6tables"):
-            raw = lab.run(lab.router, tool, "-w", "-t", "raw", "-S").stdout
-            assert raw.count("-A PREROUTING -j FTP_ALG") == 1
-            assert raw.count("-A OUTPUT -j FTP_ALG") == 1
-            assert raw.count("--helper sane") == 1
-            assert raw.count("-j NFQUEUE --queue-num 0 --queue-bypass") == 2
-            # ours first, the admin's rules after it, untouched
-            prerouting = [line for line in raw.splitlines() if line.startswith("-A PREROUTING")]
-            assert prerouting[0] == "-A PREROUTING -j FTP_ALG"
-            assert "--dport 5353" in prerouting[1]
+            raw = lab.run(lab.router, tool, "-w", "-t", "raw", "-S").stdout.splitlines()
+            mangle = lab.run(lab.router, tool, "-w", "-t", "mangle", "-S").stdout.splitlines()
+            # ours first in each hook, the admin's rules after them, untouched
+            assert [line for line in raw if line.startswith("-A PREROUTING")] == [
+                "-A PREROUTING -j FTP_ALG",
+                "-A PREROUTING -p udp -m udp --dport 5353 -j ACCEPT",
+            ]
+            assert [line for line in raw if line.startswith("-A OUTPUT")] == [
+                "-A OUTPUT -j FTP_ALG_OUT",
+                "-A OUTPUT -p tcp -m tcp --dport 8080 -j ACCEPT",
+            ]
+            assert [line for line in mangle if line.startswith("-A POSTROUTING")] == [
+                "-A POSTROUTING -j FTP_ALG",
+                "-A POSTROUTING -p tcp -m tcp --dport 25 -j ACCEPT",
+            ]
+            assert [line for line in mangle if line.startswith("-A PREROUTING")] == [
+                "-A PREROUTING -p tcp -m tcp --dport 21 -j ACCEPT",
+            ]
+            ports = "-p tcp -m multiport"
+            queue = "-j NFQUEUE --queue-num 0 --queue-bypass"
+            assert [line for line in raw if line.startswith("-A FTP_ALG ")] == [
+                f"-A FTP_ALG {ports} --dports 21,2121 -j CT --helper sane",
+                f"-A FTP_ALG {ports} --sports 21,2121 {queue}",
+            ]
+            assert [line for line in raw if line.startswith("-A FTP_ALG_OUT ")] == [
+                f"-A FTP_ALG_OUT {ports} --dports 21,2121 -j CT --helper sane",
+            ]
+            assert [line for line in mangle if line.startswith("-A FTP_ALG ")] == [
+                f"-A FTP_ALG {ports} --dports 21,2121 {queue}",
+            ]
 
         shown = lab.ftp_alg("rules", "show")
         assert shown.returncode == 0
-        assert shown.stdout.count("--helper sane") == 2  # one per family
+        for tool in ("iptables", "ip6tables"):
+            assert f"# {tool} -t raw\n" in shown.stdout
+            assert f"# {tool} -t mangle\n" in shown.stdout
+        assert shown.stdout.count("--helper sane") == 4  # PREROUTING and OUTPUT, per family
+        assert shown.stdout.count("-j NFQUEUE") == 4  # one per direction, per family
 
         done = lab.ftp_alg("rules", "remove")
         assert done.returncode == 0, done.stderr
@@ -141,10 +218,13 @@ def test_apply_twice_then_remove_restores_every_table(lab: Lab) -> None:
 def test_family_option_touches_one_family(lab: Lab) -> None:
     done = lab.ftp_alg("rules", "apply", "--family", "4", "--ports", "21", "--queue-num", "3")
     assert done.returncode == 0, done.stderr
-    v4 = lab.run(lab.router, "iptables", "-w", "-t", "raw", "-S", "FTP_ALG").stdout
+    v4 = lab.run(lab.router, "iptables", "-w", "-t", "mangle", "-S", "FTP_ALG").stdout
     assert "--dport 21 -j NFQUEUE --queue-num 3 --queue-bypass" in v4
-    v6 = lab.run(lab.router, "ip6tables", "-w", "-t", "raw", "-S", "FTP_ALG", check=False)
-    assert v6.returncode != 0  # no chain
+    v4 = lab.run(lab.router, "iptables", "-w", "-t", "raw", "-S", "FTP_ALG").stdout
+    assert "--sport 21 -j NFQUEUE --queue-num 3 --queue-bypass" in v4
+    for table, chain in (("raw", "FTP_ALG"), ("raw", "FTP_ALG_OUT"), ("mangle", "FTP_ALG")):
+        v6 = lab.run(lab.router, "ip6tables", "-w", "-t", table, "-S", chain, check=False)
+        assert v6.returncode != 0  # no chain
 
 
 @pytest.mark.netns
@@ -188,6 +268,115 @@ def test_shell_script_does_what_the_cli_does(lab: Lab) -> None:
     assert {tool: lab.save(tool) for tool in ("iptables", "ip6tables")} == by_cli
     lab.run(lab.router, "sh", script, "remove")
     assert {tool: lab.save(tool) for tool in ("iptables", "ip6tables")} == before
+
+
+def _old_layout(lab: Lab) -> None:
+    """The 0.1 rule set: both directions queued in raw, jumped to from PREROUTING and OUTPUT."""
+    for tool in ("iptables", "ip6tables"):
+        ipt = (tool, "-w", "-t", "raw")
+        lab.run(lab.router, *ipt, "-N", "FTP_ALG")
+        for rule in (
+            "-p tcp -m multiport --dports 21,2121 -j CT --helper sane",
+            "-p tcp -m multiport --dports 21,2121 -j NFQUEUE --queue-num 0 --queue-bypass",
+            "-p tcp -m multiport --sports 21,2121 -j NFQUEUE --queue-num 0 --queue-bypass",
+        ):
+            lab.run(lab.router, *ipt, "-A", "FTP_ALG", *rule.split())
+        for hook in ("PREROUTING", "OUTPUT"):
+            lab.run(lab.router, *ipt, "-I", hook, "1", "-j", "FTP_ALG")
+
+
+@pytest.mark.netns
+def test_apply_and_remove_replace_the_old_raw_only_layout(lab: Lab) -> None:
+    """Over 0.1's rules, apply leaves nothing queued in raw OUTPUT; remove takes them too."""
+    tools = ("iptables", "ip6tables")
+    before = {tool: lab.save(tool) for tool in tools}
+    assert lab.ftp_alg("rules", "apply").returncode == 0
+    fresh = {tool: lab.save(tool) for tool in tools}
+    assert lab.ftp_alg("rules", "remove").returncode == 0
+
+    _old_layout(lab)
+    done = lab.ftp_alg("rules", "apply")
+    assert done.returncode == 0, done.stderr
+    assert {tool: lab.save(tool) for tool in tools} == fresh
+    assert lab.ftp_alg("rules", "remove").returncode == 0
+    assert {tool: lab.save(tool) for tool in tools} == before
+
+    _old_layout(lab)
+    assert lab.ftp_alg("rules", "remove").returncode == 0
+    assert {tool: lab.save(tool) for tool in tools} == before
+
+
+def _rule_packets(lab: Lab, tool: str, table: str, chain: str) -> list[tuple[str, int]]:
+    """(target, packets) of each rule in `chain`, from `iptables -L -v -x -n`."""
+    listed = lab.run(lab.router, tool, "-w", "-t", table, "-L", chain, "-v", "-x", "-n").stdout
+    rows = [line.split() for line in listed.splitlines()[2:] if line.strip()]
+    return [(row[2], int(row[0])) for row in rows]
+
+
+def _acct(lab: Lab, family: str, sport: int) -> tuple[int, int]:
+    """Packets conntrack counted (original, reply) for the TCP connection from `sport`."""
+    listed = lab.run(
+        lab.router, "conntrack", "-L", "-f", family, "-p", "tcp", "--orig-port-src", str(sport)
+    ).stdout
+    counts = re.findall(r"packets=(\d+)", listed)
+    assert len(counts) == 2, listed
+    return int(counts[0]), int(counts[1])
+
+
+# name: (client namespace, server namespace, listen on, connect to, family)
+_PATHS = {
+    "masquerade-v4": ("inside", "outside", OUTSIDE4, OUTSIDE4, 4),
+    "masquerade-v6": ("inside", "outside", OUTSIDE6, OUTSIDE6, 6),
+    "port-forward-v4": ("outside", "inside", INSIDE4, ROUTER_OUT4, 4),
+    "router-client-v4": ("router", "outside", OUTSIDE4, OUTSIDE4, 4),
+}
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("path", list(_PATHS))
+def test_queue_placement_in_the_kernel(lab: Lab, path: str) -> None:
+    """With the rules applied and no queue reader (no daemon), FTP control traffic passes
+    (--queue-bypass), and every packet is queued exactly once, where it must be: each one the
+    client sent in mangle POSTROUTING, each one the server sent in raw PREROUTING. conntrack's
+    own per-direction accounting of the connection is the independent count."""
+    client_ns, server_ns, listen_addr, connect_addr, family = _PATHS[path]
+    tool = rules.TOOLS[family]
+    acct = lab.run(lab.router, "sysctl", "-n", "net.netfilter.nf_conntrack_acct").stdout.strip()
+    lab.run(lab.router, "sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1")
+    try:
+        assert lab.ftp_alg("rules", "apply").returncode == 0
+        listener = lab.listen(getattr(lab, server_ns), listen_addr, 21)
+        client = lab.connect(getattr(lab, client_ns), connect_addr, 21)
+        server, _peer = listener.accept()
+        lab.sockets.append(server)
+        client.sendall(b"PORT 192,168,77,10,4,1\r\n")
+        assert server.recv(100) == b"PORT 192,168,77,10,4,1\r\n"
+        server.sendall(b"200 PORT command successful.\r\n")
+        assert client.recv(100) == b"200 PORT command successful.\r\n"
+        client.shutdown(socket.SHUT_WR)
+        assert server.recv(100) == b""
+        server.close()
+        assert client.recv(100) == b""
+        sport = client.getsockname()[1]
+        client.close()
+
+        deadline = time.monotonic() + 2
+        while True:
+            raw_in = _rule_packets(lab, tool, "raw", "FTP_ALG")
+            raw_out = _rule_packets(lab, tool, "raw", "FTP_ALG_OUT")
+            mangle = _rule_packets(lab, tool, "mangle", "FTP_ALG")
+            original, reply = _acct(lab, f"ipv{family}", sport)
+            if mangle[0][1] == original or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        # SYN, ACK, data, FIN, ACK one way; SYN-ACK, ACKs, data, FIN the other, at least
+        assert original >= 4 and reply >= 4
+        assert mangle == [("NFQUEUE", original)]
+        assert raw_in[1] == ("NFQUEUE", reply)
+        assert raw_out == [("CT", original if client_ns == "router" else 0)]
+        assert raw_in[0] == ("CT", 0 if client_ns == "router" else original)
+    finally:
+        lab.run(lab.router, "sysctl", "-qw", f"net.netfilter.nf_conntrack_acct={acct}")
 
 
 @pytest.mark.netns

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +60,12 @@ class LabHandle:
 
     def ns(self, node: str) -> str:
         return backend.namespace(self.prefix, node)
+
+    def invalid(self) -> int:
+        """The router's conntrack INVALID counter, summed over CPUs."""
+        done = subprocess.run(["ip", "netns", "exec", self.ns(self.topo.router), "conntrack",
+                               "-S"], capture_output=True, text=True, timeout=10, check=True)
+        return sum(int(n) for n in re.findall(r"invalid=(\d+)", done.stdout))
 
     def run(
         self,

@@ -18,7 +18,7 @@ from alg.lab.clients import CLIENTS, OPS, supports
 from alg.lab.scenarios import Case, all_cases, known_gap
 from tests.lab.conftest import LabHandle, sha256_file
 
-WORKING_GATEWAYS = ("kernel",)
+WORKING_GATEWAYS = ("kernel", "ftp-alg")
 _TRUSTING = ("curl", "ftplib", "lftp")  # clients with a switch to use the 227 address
 
 
@@ -55,8 +55,11 @@ def check_cell(lab: LabHandle, gateway: str, cell: Cell, tmp_path: Path) -> None
         # unique name: vsftpd does not let anonymous users overwrite
         local = tmp_path / f"{gateway}-{cell.id}.bin"
         local.write_bytes(os.urandom(1 << 20))
+    invalid_before = lab.invalid()
     outcome = lab.run(cell.client, cell.case, tmp_path, cell.op, local)
     assert outcome.ok, outcome.show()
+    # the gateway kept conntrack's view of the control connection consistent
+    assert lab.invalid() == invalid_before, outcome.show()
     # the client used the mode the cell names, with no fallback (lftp switches by itself)
     assert set(outcome.data_verbs()) == {cell.case.mode.value}, outcome.show()
     if cell.op == "retr":

@@ -75,11 +75,14 @@ kernel_helper_rules() {
     done
 }
 
-# --- ftp-alg hook (for the lead to finish once the daemon exists) -------------------------
-# Everything ftp-alg mode does is in these two functions. If the daemon exits at once,
-# switching to ftp-alg fails here, loudly, and undoes its rules. The daemon gives no readiness
-# signal yet: it counts as started if it is still running after 1.5 s (a --ready-file, or
-# polling `ftp-alg status --status-socket`, would make this exact).
+# --- ftp-alg gateway ----------------------------------------------------------------------
+# The rule set (`ftp-alg rules apply`), then the daemon. It is ready when its status socket
+# answers (the socket opens after the queue is bound); if it never does, the switch fails
+# loudly and its rules are removed again.
+alg_status() {
+    "$FTP_ALG" status --status-socket "$DIR/ftp-alg-status.sock" >/dev/null 2>&1
+}
+
 alg_gateway_start() {
     local ports=${HELPER_PORTS// /,} i
     touch "$DIR/ftp-alg-rules.applied"
@@ -90,15 +93,14 @@ alg_gateway_start() {
     # the status socket per lab: the default path is shared by every namespace on the machine
     start_bg ftp-alg "$FTP_ALG" run --queue-num 0 --ports "$ports" \
         --status-socket "$DIR/ftp-alg-status.sock"
-    for ((i = 0; i < 15; i++)); do
+    for ((i = 0; i < 50; i++)); do
+        alg_status && return 0
         running ftp-alg || break
         sleep 0.1
     done
-    if ! running ftp-alg; then
-        tail -n 20 "$DIR/logs/ftp-alg.log" >&2 || true
-        alg_gateway_stop
-        die "ftp-alg run exited at once (log above); its rules were removed again"
-    fi
+    tail -n 20 "$DIR/logs/ftp-alg.log" >&2 || true
+    alg_gateway_stop
+    die "ftp-alg run did not become ready (log above); its rules were removed again"
 }
 
 alg_gateway_stop() {
