@@ -85,25 +85,21 @@ class SeqAdj:
         last byte of the new text stands for the whole old span; the gateway cuts a span only
         when it releases a complete line, so the sender has sent all of it by then.
         """
-        off = self.base
-        for c in self.active:
-            k = seq_diff(a, c.pos + off)
-            if k <= 0:
-                break
-            if k < len(c.new):
-                return (c.pos + min(k, c.old_len - 1)) & MASK
-            off += c.delta
-        return (a - off) & MASK
+        return self._back(a, largest=True)
 
     def to_in_left(self, a: int) -> int:
         """The smallest x with m(x) >= a: a SACK block's left edge, mapped conservatively."""
+        return self._back(a, largest=False)
+
+    def _back(self, a: int, largest: bool) -> int:
+        """m inverted: inside a replaced span, the largest or the smallest sender position."""
         off = self.base
         for c in self.active:
             k = seq_diff(a, c.pos + off)
             if k <= 0:
                 break
             if k < len(c.new):
-                return (c.pos + min(k, c.old_len)) & MASK
+                return (c.pos + min(k, c.old_len - largest)) & MASK
             off += c.delta
         return (a - off) & MASK
 
