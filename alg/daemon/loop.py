@@ -106,16 +106,14 @@ class Daemon:
                 deadline = self.gw.next_deadline()
                 timeout = 1.0 if deadline is None else min(1.0, max(0.0, deadline - now))
                 ready, _, _ = select.select([qfd, efd, sfd, rd], [], [], timeout)
-                if qfd in ready:
-                    nfq.run(block=False)
-                if efd in ready:
-                    for original in events.read_events():
-                        carry(self.gw.forget(to_key(original)), self.kernel)
-                if sfd in ready:
-                    status.serve(self.status())
                 if rd in ready:
                     os.read(rd, 512)
-                carry(self.gw.tick(time.monotonic()), self.kernel)
+                try:
+                    self._turn(ready, nfq, events, status)
+                except Exception:  # never die: log, count, and keep reading the queue
+                    self._count("errors")
+                    log.exception("internal error in the main loop")
+                    time.sleep(0.01)  # bounded: a persistent fault cannot spin the CPU
         finally:
             log.info("ftp-alg stopping: releasing held packets, withdrawing expectations")
             carry(self.gw.close(), self.kernel)
@@ -126,6 +124,17 @@ class Daemon:
             self.ct.close()
             signal.set_wakeup_fd(-1)
         return 0
+
+    def _turn(self, ready: list[int], nfq: Any, events: DestroyListener,
+              status: StatusServer) -> None:
+        if nfq.get_fd() in ready:
+            nfq.run(block=False)
+        if events.fileno() in ready:
+            for original in events.read_events():
+                carry(self.gw.forget(to_key(original)), self.kernel)
+        if status.fileno() in ready:
+            status.serve(self.status())
+        carry(self.gw.tick(time.monotonic()), self.kernel)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stop = True

@@ -307,3 +307,12 @@ def test_psh_flag_is_irrelevant() -> None:
     link.send(True, flags=ACK, payload=PORT_LINE)
     assert bytes(link.at_server.stream) == PORT_OUT
     assert PSH  # keep the import honest: flags are passed through as they were
+
+
+def test_announce_overrides_the_written_address_not_the_expectation() -> None:
+    public = ip("203.0.113.5")  # double NAT: the router's WAN address is itself private
+    link = client_nat(Config(announce={C_OUT: public}))
+    link.send(True, payload=PORT_LINE)
+    assert bytes(link.at_server.stream) == b"PORT 203,0,113,5,4,1\r\n"
+    (exp,) = [e.expectation for e in expects(link)]
+    assert exp.outside == C_OUT

@@ -143,3 +143,17 @@ def test_daemon_killed_mid_session_then_restarted(alg: LabHandle) -> None:
     with netns(client):
         assert ONE_MIB in ftp.nlst()  # active: the PORT is rewritten again
     ftp.quit()
+
+
+def test_session_forgotten_when_conntrack_destroys_it(alg: LabHandle) -> None:
+    logfile = state.node_dir(alg.prefix, "router") / "logs" / "ftp-alg.log"
+    seen = len(logfile.read_text())
+    ftp = _ftp_in(alg.ns("client"))
+    assert status(alg)["sessions"] >= 1  # type: ignore[operator]
+    ftp.quit()  # closed: the core would keep it 10 s for retransmissions (linger)...
+    router(alg, "conntrack", "-D", "-p", "tcp", "--orig-port-dst", "21")
+    deadline = time.monotonic() + 3  # ...but conntrack's destroy event ends it at once
+    while status(alg)["sessions"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert status(alg)["sessions"] == 0
+    assert "conntrack destroyed the connection" in logfile.read_text()[seen:]
