@@ -157,3 +157,26 @@ def test_session_forgotten_when_conntrack_destroys_it(alg: LabHandle) -> None:
         time.sleep(0.1)
     assert status(alg)["sessions"] == 0
     assert "conntrack destroyed the connection" in logfile.read_text()[seen:]
+
+
+def test_split_port_without_tail_loss_probe_ends_in_a_logged_decision(alg: LabHandle) -> None:
+    """Nagle on and no tail-loss probe: the client sends the rest of the line only once the
+    first part is acknowledged, which never happens while it is held. The hold must end
+    (hold_timeout, 0.5 s), the line then passes unchanged and the refusal says why."""
+    client = alg.ns("client")
+    logfile = state.node_dir(alg.prefix, "router") / "logs" / "ftp-alg.log"
+    seen = len(logfile.read_text())
+    sysctl = ["ip", "netns", "exec", client, "sysctl", "-q"]
+    old = subprocess.run([*sysctl, "-n", "net.ipv4.tcp_early_retrans"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    subprocess.run([*sysctl, "-w", "net.ipv4.tcp_early_retrans=0"], check=True)
+    try:
+        result = probe(alg, "split-port", OUTSIDE)
+    finally:
+        subprocess.run([*sysctl, "-w", f"net.ipv4.tcp_early_retrans={old}"], check=True)
+    replies = result["replies"]
+    assert isinstance(replies, list)
+    assert replies[4] == "500 Illegal PORT command.", replies  # vsftpd got the private address
+    assert 400 < float(result["port_reply_ms"]) < 2000  # type: ignore[arg-type]
+    log = logfile.read_text()[seen:]
+    assert "hold-timeout" in log and "[split-released]" in log, log
