@@ -28,6 +28,8 @@ class Config:
     linger: float = 10.0
     # Control sessions tracked at once; beyond, new ones pass untouched with a refusal.
     max_sessions: int = 65536
+    # Rewrites per direction not yet acknowledged by the peer; beyond, further ones are refused.
+    max_corrections: int = 64
     # Commands awaiting their reply, per session (pipelining clients).
     max_pending: int = 32
     # Recompute both checksums of every changed packet instead of updating them (captures

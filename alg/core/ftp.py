@@ -124,8 +124,7 @@ def _command(
             Event(
                 "long-line",
                 s.id,
-                f"command line over {s.ctx.config.max_line} bytes: not parsed",
-                before=_show(line),
+                f"{_show(verb)} line over {s.ctx.config.max_line} bytes: not parsed",
             ),
         )
     elif verb in _PROTECTED and not s.tls_reported:
@@ -337,6 +336,15 @@ def _address(
             ),
         )
         return
+    if len(half.adj.active) >= s.ctx.config.max_corrections:
+        _refuse(
+            s,
+            out,
+            "too-many-rewrites",
+            f"{what}: {len(half.adj.active)} rewrites not yet acknowledged by the peer",
+            line,
+        )
+        return
     span = (start + hp.start) & 0xFFFFFFFF
     if seq_diff(span, half.sent_upto) < 0:
         _refuse(
@@ -365,8 +373,9 @@ def _address(
         _refuse(s, out, "no-port", f"{what}: no outside port could be reserved", line)
         return
     exp = proposal if port == hp.port else proposal._replace(outside_port=port)
-    if s.expect is not None:
-        out.append(Unexpect(s.expect))  # at most one outstanding per session: newest wins
+    old_exp = s.expect
+    if old_exp is not None and (old_exp.outside, old_exp.outside_port) != (outside, port):
+        out.append(Unexpect(old_exp))  # at most one outstanding per session: newest wins
     s.expect, s.expect_deadline = exp, now + exp.timeout
     out.append(Expect(exp))
     new = format_span(hp, s.ctx.config.announce.get(outside, outside), port)

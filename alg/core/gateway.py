@@ -17,6 +17,10 @@ from alg.core.session import Half, Session
 _SWEEP_EVERY = 1.0  # seconds between idle/expiry sweeps over all sessions
 
 
+class SessionCap(NotControlTraffic):
+    """A new control connection beyond `max_sessions`."""
+
+
 def reverse(key: FlowKey) -> FlowKey:
     return (key[2], key[3], key[0], key[1])
 
@@ -65,7 +69,13 @@ class Gateway:
         if half is None or (seg.flags & (SYN | ACK) == SYN and half.session.closing_at):
             try:
                 half = self._new_flow(seg, key, now)
+            except SessionCap as exc:
+                event = Event("refusal", 0, str(exc), "session-cap")
+                self.ctx.count("refusal")
+                self.ctx.count("refusal.session-cap")
+                return Outcome(ACCEPT.verdict, None, (event,))
             except CoreError as exc:
+                self.ctx.count("not-inspected")
                 return Outcome(ACCEPT.verdict, None, (Event("not-inspected", 0, str(exc)),))
             if half is None:
                 return ACCEPT
@@ -82,9 +92,14 @@ class Gateway:
             if old is not None:  # the same ports reused by a new connection
                 self._remove(old.session)
             if len(self.sessions) >= self.config.max_sessions:
-                self.ctx.count("refusal.session-cap")
-                raise NotControlTraffic(f"{len(self.sessions)} sessions tracked: cap reached")
-            found = mapper(key) if mapper is not None else None
+                if seg.flags & (SYN | ACK) == SYN:  # reported once per connection attempt
+                    raise SessionCap(
+                        f"{len(self.sessions)} sessions tracked (max_sessions): "
+                        "this connection passes unwatched"
+                    )
+                raise NotControlTraffic("untracked control connection (session cap)")
+            # A SYN's conntrack entry is not confirmed yet: look it up from later packets.
+            found = mapper(key) if mapper is not None and not seg.flags & SYN else None
             session = Session(self.ctx, key, seg.version, now, greeted=not seg.flags & SYN)
             self.sessions[session.id] = session
             self.flows[key] = session.orig

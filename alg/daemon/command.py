@@ -69,7 +69,11 @@ def run(args: argparse.Namespace) -> int:
     )
     from alg.daemon.loop import Daemon
 
-    return Daemon(settings).run()
+    try:
+        return Daemon(settings).run()
+    except OSError as exc:  # queue already bound, not root, status socket path unusable
+        logging.getLogger("ftp-alg").error("cannot start: %s", exc)
+        return 1
 
 
 def status(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from alg.daemon.settings import Settings
 from alg.daemon.status import StatusServer
 from alg.kernel.ctevents import DestroyListener
 from alg.kernel.ctnetlink import Ctnetlink
+from alg.kernel.cttypes import CtnetlinkError
 
 log = logging.getLogger("ftp-alg")
 
@@ -73,13 +74,20 @@ class Daemon:
             "pid": os.getpid(),
             "uptime": round(time.time() - self.started, 1),
             "sessions": len(self.gw.sessions),
-            "expectations": len(self.kernel.owned),
+            "expectations": self._kernel_expectations(),
             "queue": self.settings.queue_num,
             "control_ports": sorted(self.settings.core.control_ports),
             "counters": dict(
                 sorted({**self.gw.counters, **self.kernel.counters, **self.counters}.items())
             ),
         }
+
+    def _kernel_expectations(self) -> int | None:
+        """Expectations the kernel holds now (used ones are gone): the truth, not a tally."""
+        try:
+            return len(self.ct.list_expectations())
+        except CtnetlinkError:
+            return None
 
     def run(self) -> int:
         from netfilterqueue import NetfilterQueue
@@ -125,8 +133,9 @@ class Daemon:
             signal.set_wakeup_fd(-1)
         return 0
 
-    def _turn(self, ready: list[int], nfq: Any, events: DestroyListener,
-              status: StatusServer) -> None:
+    def _turn(
+        self, ready: list[int], nfq: Any, events: DestroyListener, status: StatusServer
+    ) -> None:
         if nfq.get_fd() in ready:
             nfq.run(block=False)
         if events.fileno() in ready:

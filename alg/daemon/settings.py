@@ -47,6 +47,33 @@ def _core_value(name: str, value: Any) -> Any:
     return value
 
 
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _check(name: str, value: Any, default: Any) -> None:
+    """Refuse a value of the wrong type at start-up, not on the first packet."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    elif isinstance(default, str):
+        ok = isinstance(value, str) and (name != "log_level" or value in _LOG_LEVELS)
+    elif isinstance(default, frozenset | tuple):
+        ok = (
+            isinstance(value, list | tuple | frozenset)
+            and all(isinstance(v, int) and 0 < v < 65536 for v in value)
+            and bool(value)
+        )
+    elif isinstance(default, dict):
+        ok = isinstance(value, dict)
+    else:
+        ok = True
+    if not ok:
+        raise ValueError(f"setting {name} = {value!r} is not valid (default: {default!r})")
+
+
 def load(path: str | None, overrides: dict[str, Any]) -> Settings:
     """Settings from the file at `path` (if any), with `overrides` (non-None values) on top."""
     data: dict[str, Any] = {}
@@ -61,6 +88,12 @@ def load(path: str | None, overrides: dict[str, Any]) -> Settings:
     unknown = set(flat) - _CORE_KEYS - _DAEMON_KEYS
     if unknown:
         raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    defaults = {
+        **{f.name: getattr(Config(), f.name) for f in fields(Config)},
+        **{f.name: getattr(Settings(), f.name) for f in fields(Settings)},
+    }
+    for name, value in flat.items():
+        _check(name, value, defaults[name])
     core = Config(**{k: _core_value(k, v) for k, v in flat.items() if k in _CORE_KEYS})
     if "control_ports" not in flat:
         core = replace(core, control_ports=Settings().core.control_ports)

@@ -316,3 +316,34 @@ def test_announce_overrides_the_written_address_not_the_expectation() -> None:
     assert bytes(link.at_server.stream) == b"PORT 203,0,113,5,4,1\r\n"
     (exp,) = [e.expectation for e in expects(link)]
     assert exp.outside == C_OUT
+
+
+def test_same_port_offered_again_keeps_its_expectation() -> None:
+    link = server_nat()
+    for _ in range(2):
+        link.send(True, payload=b"PASV\r\n")
+        link.send(False, payload=b"227 Entering Passive Mode (10,0,0,5,117,48).\r\n")
+    assert len(expects(link)) == 2
+    assert not [e for e in link.events if isinstance(e, Unexpect)]  # the kernel keeps it
+
+
+def test_session_cap_refuses_new_connections_once_each() -> None:
+    gw = Gateway(Config(max_sessions=1))
+    first = Link(gw, Peer(C, 40000, 1, seen_as=C_OUT), Peer(S, 21, 2))
+    first.handshake()
+    second = Link(gw, Peer(C, 40001, 1, seen_as=C_OUT), Peer(S, 21, 2))
+    second.handshake()
+    second.send(True, payload=PORT_LINE)
+    assert [e.reason for e in events(second, "refusal")] == ["session-cap"]
+    assert bytes(second.at_server.stream) == PORT_LINE  # passes, unwatched
+    assert len(gw.sessions) == 1
+
+
+def test_rewrites_in_flight_are_bounded() -> None:
+    link = client_nat(Config(max_corrections=3))
+    for _ in range(4):
+        link.send(True, payload=PORT_LINE)
+    assert [e.reason for e in events(link, "refusal")] == ["too-many-rewrites"]
+    link.send(False, flags=ACK)  # acknowledged: room again
+    link.send(True, payload=PORT_LINE)
+    assert len(events(link, "rewrite")) == 4
