@@ -61,8 +61,12 @@ class Kernel:
         self.port_range = port_range
         self.rng = rng or random.Random()
         self.counters: dict[str, int] = {}
-        # The expectation each session has in the kernel: session id -> expected tuple.
+        # The expectation each session has in the kernel: session id -> expected tuple, and
+        # back. A tuple belongs to the session that created it last: a session whose
+        # expectation was used (or expired) in the kernel must not delete a newer session's
+        # expectation on the same tuple when it ends.
         self.owned: dict[int, Tuple] = {}
+        self.holder: dict[Tuple, int] = {}
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -86,6 +90,7 @@ class Kernel:
         master = to_tuple(exp.master)
         previous = self.owned.pop(exp.session, None)
         if previous is not None:  # newest wins; also frees the tuple if it is the same
+            del self.holder[previous]
             self._delete(previous)
         low, high = self.port_range
         candidates = [exp.inside_port] + [self.rng.randint(low, high) for _ in range(self.tries)]
@@ -112,6 +117,10 @@ class Kernel:
                         "session %d: creating expectation %s failed: %s", exp.session, expected, exc
                     )
                 return None
+            stale = self.holder.get(expected)
+            if stale is not None:  # its expectation is gone from the kernel (used, expired)
+                del self.owned[stale]
+            self.holder[expected] = exp.session
             self.owned[exp.session] = expected
             self._count("expectation-created")
             return port
@@ -123,6 +132,7 @@ class Kernel:
         expected = expected_tuple(exp, exp.outside_port)
         if self.owned.get(exp.session) == expected:
             del self.owned[exp.session]
+            del self.holder[expected]
             self._delete(expected)
 
     def _delete(self, expected: Tuple) -> None:
@@ -137,3 +147,4 @@ class Kernel:
         for expected in list(self.owned.values()):
             self._delete(expected)
         self.owned.clear()
+        self.holder.clear()

@@ -140,10 +140,29 @@ class Daemon:
             nfq.run(block=False)
         if events.fileno() in ready:
             for original in events.read_events():
-                carry(self.gw.forget(to_key(original)), self.kernel)
+                self._destroyed(original)
         if status.fileno() in ready:
             status.serve(self.status())
         carry(self.gw.tick(time.monotonic()), self.kernel)
+
+    def _destroyed(self, original: Any) -> None:
+        """Conntrack destroyed a connection: forget its session, unless the tuple already
+        belongs to a newer connection. A client reusing its port within TIME_WAIT (120 s)
+        makes the kernel kill the old entry when the new SYN arrives; the event may be read
+        after the new session began (even after its PORT rewrite), and must not end it."""
+        key = to_key(original)
+        half = self.gw.flows.get(key)
+        if half is None:
+            return
+        if half.session.closing_at is None:
+            try:
+                alive = self.ct.lookup(original) is not None
+            except CtnetlinkError:
+                alive = False
+            if alive:
+                self._count("destroy-event-older-connection")
+                return
+        carry(self.gw.forget(key), self.kernel)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stop = True

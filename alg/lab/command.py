@@ -1,7 +1,8 @@
 """`ftp-alg lab ...`: the namespace lab from the command line.
 
-up / down / status / exec / gateway / demo. Each handler returns an exit status; a LabError
-becomes a one-line message and status 1, since the lab's users want the reason, not a trace.
+up / down / status / exec / gateway / demo / bench. Each handler returns an exit status; a
+LabError becomes a one-line message and status 1, since the lab's users want the reason, not a
+trace.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from alg.lab import backend
@@ -85,6 +87,12 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.run(args.prefix, working_gateway=args.gateway, keep=args.keep)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from alg.lab import bench  # imported late: only the bench needs its probe and matplotlib
+
+    return bench.command(args.prefix, args.quick, args.rounds, Path(args.output), args.keep)
+
+
 def register(subparsers: Any) -> None:
     lab = subparsers.add_parser(
         "lab",
@@ -123,5 +131,20 @@ def register(subparsers: Any) -> None:
         choices=[m for m in backend.GATEWAY_MODES if m != "none"],
         default="ftp-alg",
         help="gateway for the working half (default: %(default)s)",
+    )
+    p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    p = add(
+        "bench",
+        _bench,
+        "measure ftp-alg against the kernel helper and plain NAT: round trip, session rate, "
+        "throughput, daemon CPU and memory; one `name value` figure per line",
+    )
+    p.set_defaults(prefix="bench")  # its own lab, apart from the default one
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 3, --quick 1)")
+    p.add_argument(
+        "--quick", action="store_true", help="small sizes and short runs (the test uses it)"
+    )
+    p.add_argument(
+        "--output", default="lab-bench.png", help="PNG chart path (default: %(default)s)"
     )
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")

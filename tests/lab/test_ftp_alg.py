@@ -7,6 +7,7 @@ servers answered and what arrived; the router is read with conntrack and iptable
 
 from __future__ import annotations
 
+import errno
 import ftplib
 import json
 import os
@@ -180,3 +181,33 @@ def test_split_port_without_tail_loss_probe_ends_in_a_logged_decision(alg: LabHa
     assert 400 < float(result["port_reply_ms"]) < 2000  # type: ignore[arg-type]
     log = logfile.read_text()[seen:]
     assert "hold-timeout" in log and "[split-released]" in log, log
+
+
+def test_client_port_reused_at_once_keeps_the_new_session(alg: LabHandle) -> None:
+    """The new SYN makes conntrack kill the old entry (TIME_WAIT); that destroy event must
+    not end the new session that already took over the tuple (its offset would be lost)."""
+    client, port = alg.ns("client"), 47123
+    for _ in range(5):
+        ftp = ftplib.FTP(source_address=("192.168.77.10", port))
+        for _attempt in range(50):  # the last socket may still be in LAST_ACK for a moment
+            try:
+                with netns(client):
+                    ftp.connect(OUTSIDE, 21, timeout=10)
+                break
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                time.sleep(0.1)
+        ftp.login()
+        ftp.set_pasv(False)
+        with netns(client):
+            assert ONE_MIB in ftp.nlst()  # PORT rewritten: 1 byte shorter from here on
+        assert ftp.voidcmd("NOOP").startswith("200")
+        assert ftp.sendcmd("QUIT").startswith("221")
+        assert ftp.sock is not None
+        ftp.sock.settimeout(5)
+        while ftp.sock.recv(4096):  # the server closes first: no TIME_WAIT on the client
+            pass
+        ftp.close()
+    counters = status(alg)["counters"]
+    assert counters.get("destroy-event-older-connection", 0) >= 1  # type: ignore[union-attr]

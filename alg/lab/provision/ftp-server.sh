@@ -38,6 +38,9 @@ make_tree() {
 # listen_ipv6=YES alone serves IPv4 and IPv6 (listen=YES cannot be combined with it);
 # background=NO keeps the recorded PID the server's; the seccomp sandbox breaks sessions in a
 # namespace; connect_from_port_20 makes active data come from port 20 as on real servers.
+# vsftpd 3.0 caps sessions at 2000 and at 50 per client address (the man page says 0): every
+# lab client comes from one masqueraded address, and `ftp-alg lab bench` holds 1000 idle
+# sessions and runs 64 at once, so both caps are off (0: unlimited).
 write_vsftpd_conf() {
     cat >"$DIR/vsftpd.conf" <<CONF
 listen=NO
@@ -46,6 +49,8 @@ listen_port=$LAB_FTP_VSFTPD_PORT
 background=NO
 seccomp_sandbox=NO
 connect_from_port_20=YES
+max_clients=0
+max_per_ip=0
 anonymous_enable=YES
 no_anon_password=YES
 local_enable=NO

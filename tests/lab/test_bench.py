@@ -1,0 +1,99 @@
+"""`ftp-alg lab bench --quick`: it runs, in its own lab, and prints every figure parseably.
+
+The speed targets are for people reading the figures; this test only checks that the bench
+measures something for every gateway and reports it in the documented form.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alg.lab import backend
+from tests.lab.conftest import unavailable
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+PREFIX = "tb"  # not `tl` (the other lab tests) nor `bench` (a bench someone may be running)
+GATEWAYS = ("none", "kernel", "ftp-alg")
+# Figures that must be present, finite and > 0.
+POSITIVE = (
+    [f"rtt_p50_us.{gw}" for gw in GATEWAYS]
+    + [f"rtt_p99_us.{gw}" for gw in GATEWAYS]
+    + [f"session_rate.passive.{n}.{gw}" for n in (1, 8, 64) for gw in GATEWAYS]
+    + [f"session_rate.active.{n}.{gw}" for n in (1, 8, 64) for gw in ("kernel", "ftp-alg")]
+    + [f"throughput_mb_s.passive.{gw}" for gw in GATEWAYS]
+    + [f"throughput_mb_s.active.{gw}" for gw in ("kernel", "ftp-alg")]
+    + [
+        "session_rate_ratio",
+        "throughput_ratio",
+        "throughput_ratio_vs_kernel",
+        "daemon_packets",
+        "daemon_cpu_us_per_packet",
+        "daemon_cpu_us_per_packet.rtt",
+        "daemon_cpu_us_per_packet.sessions",
+        "idle_sessions",
+        "rounds",
+    ]
+)
+# Present and finite; a difference or a memory delta may come out at or below zero in noise.
+FINITE = ("added_rtt_p50_us", "added_rtt_p99_us", "idle_session_bytes")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, float], Path, str]:
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path_factory.mktemp("bench") / "chart.png"
+    ftp_alg = str(Path(sys.executable).with_name("ftp-alg"))
+    argv = [ftp_alg, "lab", "bench", "--quick", "--prefix", PREFIX, "--output", str(out)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
+    finally:
+        if backend.is_up(PREFIX):  # a bench killed by the timeout leaves its lab behind
+            backend.down(PREFIX, log=lambda _: None)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures: dict[str, float] = {}
+    for line in done.stdout.splitlines():
+        name, value = line.split()  # exactly `name value`, nothing else on stdout
+        assert name not in figures, f"{name} printed twice"
+        figures[name] = float(value)
+    return figures, out, done.stderr
+
+
+def test_every_figure_is_printed_and_sane(bench: tuple[dict[str, float], Path, str]) -> None:
+    figures, _, err = bench
+    for name in POSITIVE:
+        assert name in figures, f"{name} missing"
+        assert math.isfinite(figures[name]) and figures[name] > 0, (name, figures[name], err)
+    for name in FINITE:
+        assert name in figures and math.isfinite(figures[name]), (name, figures.get(name))
+    assert all(math.isfinite(v) for v in figures.values()), figures
+
+
+def test_figures_agree_with_each_other(bench: tuple[dict[str, float], Path, str]) -> None:
+    f, _, _ = bench
+    assert f["added_rtt_p50_us"] == pytest.approx(f["rtt_p50_us.ftp-alg"] - f["rtt_p50_us.kernel"])
+    assert f["added_rtt_p99_us"] == pytest.approx(f["rtt_p99_us.ftp-alg"] - f["rtt_p99_us.kernel"])
+    worst = min(
+        f[f"session_rate.{m}.8.ftp-alg"] / f[f"session_rate.{m}.8.kernel"]
+        for m in ("active", "passive")
+    )
+    assert f["session_rate_ratio"] == pytest.approx(worst, rel=1e-2)
+    # every idle session was logged in through the daemon and tracked by it
+    assert f["idle_sessions_tracked"] == f["idle_sessions"]
+    # Sessions fail when something is broken; vsftpd alone may refuse a rare one at 64 at once
+    # ("500 OOPS: vsf_sysutil_bind": its 50 passive ports are busy), hence the slack.
+    for gw in GATEWAYS:
+        assert f[f"session_errors.{gw}"] <= 2, (gw, f[f"session_errors.{gw}"])
+
+
+def test_chart_is_a_png_and_the_lab_is_gone(bench: tuple[dict[str, float], Path, str]) -> None:
+    _, chart, _ = bench
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not backend.is_up(PREFIX)
