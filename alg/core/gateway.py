@@ -141,6 +141,13 @@ class Gateway:
             return None
         return min(h.hold_deadline for h in self._holding)
 
+    def next_tick(self) -> float:
+        """The earliest time `tick` has anything to do: a hold to end or the periodic sweep.
+        Calling it earlier is harmless, and skipping it until then keeps it off the per-packet
+        path."""
+        deadline = self.next_deadline()
+        return self._next_sweep if deadline is None else min(deadline, self._next_sweep)
+
     def tick(self, now: float) -> list[Action]:
         out: list[Action] = []
         for half in [h for h in self._holding if h.held is None or h.hold_deadline <= now]:

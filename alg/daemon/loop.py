@@ -46,7 +46,8 @@ class Daemon:
         self._count("packets")
         try:
             outcome = self.gw.packet(pkt, pkt.get_payload(), time.monotonic())
-            carry(outcome.actions, self.kernel)
+            if outcome.actions:
+                carry(outcome.actions, self.kernel)
         except Exception:  # a bug of ours must not take the traffic down
             self._count("errors")
             log.exception(
@@ -111,8 +112,7 @@ class Daemon:
         try:
             while not self.stop:
                 now = time.monotonic()
-                deadline = self.gw.next_deadline()
-                timeout = 1.0 if deadline is None else min(1.0, max(0.0, deadline - now))
+                timeout = min(1.0, max(0.0, self.gw.next_tick() - now))
                 ready, _, _ = select.select([qfd, efd, sfd, rd], [], [], timeout)
                 if rd in ready:
                     os.read(rd, 512)
@@ -143,7 +143,9 @@ class Daemon:
                 self._destroyed(original)
         if status.fileno() in ready:
             status.serve(self.status())
-        carry(self.gw.tick(time.monotonic()), self.kernel)
+        now = time.monotonic()
+        if now >= self.gw.next_tick():
+            carry(self.gw.tick(now), self.kernel)
 
     def _destroyed(self, original: Any) -> None:
         """Conntrack destroyed a connection: forget its session, unless the tuple already
