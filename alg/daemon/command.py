@@ -38,6 +38,11 @@ def register(sub: Any) -> None:
         help="let PORT/227 name a third host (server-to-server transfers)",
     )
     p.add_argument("--expect-timeout", type=float, help="seconds (default 60)")
+    p.add_argument(
+        "--busy-poll-us",
+        type=int,
+        help="poll the queue this long after traffic before sleeping (default 0)",
+    )
     p.add_argument("--status-socket", help=f"unix socket (default {DEFAULT_STATUS_SOCKET})")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
@@ -56,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         "expect_timeout",
         "status_socket",
         "log_level",
+        "busy_poll_us",
     )
     try:
         settings = load(args.config, {k: getattr(args, k) for k in keys})

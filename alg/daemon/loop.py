@@ -118,6 +118,8 @@ class Daemon:
                     os.read(rd, 512)
                 try:
                     self._turn(ready, nfq, events, status)
+                    if qfd in ready and self.settings.busy_poll_us:
+                        self._busy_poll(nfq)
                 except Exception:  # never die: log, count, and keep reading the queue
                     self._count("errors")
                     log.exception("internal error in the main loop")
@@ -146,6 +148,18 @@ class Daemon:
         now = time.monotonic()
         if now >= self.gw.next_tick():
             carry(self.gw.tick(now), self.kernel)
+
+    def _busy_poll(self, nfq: Any) -> None:
+        """Poll the queue without sleeping for `busy_poll_us` after the last packet."""
+        window = self.settings.busy_poll_us / 1e6
+        clock = time.monotonic
+        seen = self.counters.get("packets", 0)
+        end = clock() + window
+        while clock() < end and not self.stop:
+            nfq.run(block=False)
+            now = self.counters.get("packets", 0)
+            if now != seen:
+                seen, end = now, clock() + window
 
     def _destroyed(self, original: Any) -> None:
         """Conntrack destroyed a connection: forget its session, unless the tuple already

@@ -282,6 +282,7 @@ def run(
     output: Path = Path(DEFAULT_OUTPUT),
     keep: bool = False,
     say: Any = None,
+    daemon_config: Path | None = None,
 ) -> dict[str, float]:
     """Measure, print nothing; `say` gets progress lines. Returns the figures."""
 
@@ -295,6 +296,10 @@ def run(
         say(f"bench: building lab '{prefix}'")
         backend.up(prefix, "none", log=quiet)
     previous = state.gateway_mode(prefix, topo.router) or "none"
+    # The router's ftp-alg daemon reads this file at each start (provision/router.sh).
+    config_copy = state.node_dir(prefix, topo.router) / "ftp-alg.toml"
+    if daemon_config is not None:
+        config_copy.write_bytes(daemon_config.read_bytes())
     bench = _Bench(prefix, topo, plan)
     name = f"bench-{plan.size_mib}mib.bin"
     served = state.node_dir(prefix, topo.outside_server) / "ftp" / name
@@ -308,6 +313,8 @@ def run(
             bench.idle(say)
     finally:
         served.unlink(missing_ok=True)
+        if daemon_config is not None:
+            config_copy.unlink(missing_ok=True)
         if started and not keep:
             backend.down(prefix, log=quiet)
         elif backend.is_up(prefix, topo):
@@ -319,7 +326,14 @@ def run(
     return result
 
 
-def command(prefix: str, quick: bool, rounds: int | None, output: Path, keep: bool) -> int:
+def command(
+    prefix: str,
+    quick: bool,
+    rounds: int | None,
+    output: Path,
+    keep: bool,
+    daemon_config: Path | None = None,
+) -> int:
     """The `lab bench` action: figures on stdout, progress and the targets on stderr."""
 
     def say(msg: str) -> None:
@@ -331,7 +345,7 @@ def command(prefix: str, quick: bool, rounds: int | None, output: Path, keep: bo
             raise ValueError("--rounds must be at least 1")
         plan = replace(plan, rounds=rounds)
     start = time.monotonic()
-    result = run(prefix, plan, output, keep, say)
+    result = run(prefix, plan, output, keep, say, daemon_config)
     result["elapsed_s"] = time.monotonic() - start
     for name, value in result.items():
         print(f"{name} {show(value)}", flush=True)

@@ -90,7 +90,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from alg.lab import bench  # imported late: only the bench needs its probe and matplotlib
 
-    return bench.command(args.prefix, args.quick, args.rounds, Path(args.output), args.keep)
+    config = Path(args.daemon_config) if args.daemon_config else None
+    return bench.command(args.prefix, args.quick, args.rounds, Path(args.output), args.keep, config)
 
 
 def register(subparsers: Any) -> None:
@@ -148,3 +149,8 @@ def register(subparsers: Any) -> None:
         "--output", default="lab-bench.png", help="PNG chart path (default: %(default)s)"
     )
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    p.add_argument(
+        "--daemon-config",
+        metavar="TOML",
+        help="config file for the router's ftp-alg daemon (e.g. busy_poll_us)",
+    )

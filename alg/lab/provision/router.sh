@@ -91,7 +91,11 @@ alg_gateway_start() {
         die "ftp-alg rules apply --ports $ports failed"
     }
     # the status socket per lab: the default path is shared by every namespace on the machine
-    start_bg ftp-alg "$FTP_ALG" run --queue-num 0 --ports "$ports" \
+    # A config file beside the router's state (e.g. from `ftp-alg lab bench --daemon-config`)
+    # is passed on; the command-line options below still win.
+    local config=()
+    [ -f "$DIR/ftp-alg.toml" ] && config=(--config "$DIR/ftp-alg.toml")
+    start_bg ftp-alg "$FTP_ALG" run "${config[@]}" --queue-num 0 --ports "$ports" \
         --status-socket "$DIR/ftp-alg-status.sock"
     for ((i = 0; i < 50; i++)); do
         alg_status && return 0
