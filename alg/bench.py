@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import struct
 import sys
 import tempfile
 import time
@@ -21,45 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from alg.core import Gateway
-from alg.core.checksum import finish, ones_sum
-from alg.core.packet import ACK, PSH, SYN
+from alg.core.packet import ACK, PSH, SYN, build
 
 _C, _C_OUT, _S = bytes((192, 168, 0, 1)), bytes((192, 168, 15, 5)), bytes((198, 51, 100, 2))
 DEFAULT_CAPTURE = Path(__file__).resolve().parents[2] / "shared/pcaps/zeek/cwd-navigation.pcap"
-
-
-def _packet(
-    src: bytes,
-    dst: bytes,
-    sport: int,
-    dport: int,
-    seq: int,
-    ack: int,
-    flags: int,
-    payload: bytes = b"",
-) -> bytes:
-    tcp = bytearray(
-        struct.pack(
-            "!HHIIBBHHH",
-            sport,
-            dport,
-            seq & 0xFFFFFFFF,
-            ack & 0xFFFFFFFF,
-            5 << 4,
-            flags,
-            65535,
-            0,
-            0,
-        )
-        + payload
-    )
-    pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp))
-    tcp[16:18] = struct.pack("!H", finish(ones_sum(pseudo) + ones_sum(tcp)))
-    head = bytearray(
-        struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0, src, dst)
-    )
-    head[10:12] = struct.pack("!H", finish(ones_sum(head)))
-    return bytes(head + tcp)
 
 
 class _Session:
@@ -77,16 +41,14 @@ class _Session:
         self.delta = 0
 
     def client(self, payload: bytes, flags: int = ACK | PSH, seq: int | None = None) -> bytes:
-        pkt = _packet(
-            _C, _S, self.cport, 21, self.c if seq is None else seq, self.s, flags, payload
-        )
+        pkt = build(_C, _S, self.cport, 21, self.c if seq is None else seq, self.s, flags, payload)
         self.c += len(payload)
         return pkt
 
     def server(
         self, payload: bytes = b"", flags: int = ACK | PSH, seq: int | None = None, shift: int = 0
     ) -> bytes:
-        pkt = _packet(
+        pkt = build(
             _S,
             _C_OUT,
             21,

@@ -12,49 +12,13 @@ import struct
 from dataclasses import dataclass, field
 
 from alg.core import Drop, Gateway, Outcome, Release, Verdict
-from alg.core.checksum import finish, ones_sum
-from alg.core.packet import ACK, PSH, SYN, parse
+from alg.core.packet import ACK, PSH, SYN, build, parse
 
 MASK = 0xFFFFFFFF
 
 
 def ip(text: str) -> bytes:
     return ipaddress.ip_address(text).packed
-
-
-def build(
-    src: bytes,
-    dst: bytes,
-    sport: int,
-    dport: int,
-    seq: int,
-    ack: int,
-    flags: int,
-    payload: bytes = b"",
-    options: bytes = b"",
-    ttl: int = 64,
-) -> bytes:
-    """An IPv4 or IPv6 TCP packet with correct checksums."""
-    doff = (20 + len(options)) // 4
-    tcp = bytearray(
-        struct.pack(
-            "!HHIIBBHHH", sport, dport, seq & MASK, ack & MASK, doff << 4, flags, 65535, 0, 0
-        )
-        + options
-        + payload
-    )
-    if len(src) == 4:
-        pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp))
-    else:
-        pseudo = src + dst + struct.pack("!I3xB", len(tcp), 6)
-    tcp[16:18] = struct.pack("!H", finish(ones_sum(pseudo) + ones_sum(tcp)))
-    if len(src) == 4:
-        head = bytearray(
-            struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0x4000, ttl, 6, 0, src, dst)
-        )
-        head[10:12] = struct.pack("!H", finish(ones_sum(head)))
-        return bytes(head + tcp)
-    return struct.pack("!IHBB16s16s", 0x60000000, len(tcp), 6, ttl, src, dst) + bytes(tcp)
 
 
 def sack_option(*blocks: tuple[int, int]) -> bytes:

@@ -17,12 +17,14 @@ def _tool(name: str) -> str:
 
 
 def test_mypy_strict() -> None:
-    done = subprocess.run([_tool("mypy"), "--strict", "alg"], cwd=ROOT, capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        [_tool("mypy"), "--strict", "alg"], cwd=ROOT, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_ruff() -> None:
-    done = subprocess.run([_tool("ruff"), "check", "alg", "tests"], cwd=ROOT,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [_tool("ruff"), "check", "alg", "tests"], cwd=ROOT, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout + done.stderr

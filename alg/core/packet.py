@@ -222,3 +222,48 @@ def tcp_checksum_ok(data: bytes) -> bool:
 
 def ipv4_checksum_ok(data: bytes) -> bool:
     return data[0] >> 4 != 4 or ones_sum(data[: (data[0] & 0x0F) * 4]) == 0xFFFF
+
+
+def build(
+    src: bytes,
+    dst: bytes,
+    sport: int,
+    dport: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    payload: bytes = b"",
+    options: bytes = b"",
+    ttl: int = 64,
+) -> bytes:
+    """A new IPv4 or IPv6 TCP packet with correct checksums (for benchmarks, tests and
+    synthetic captures; the gateway itself only rewrites packets)."""
+    doff = (20 + len(options)) // 4
+    tcp = bytearray(
+        struct.pack(
+            "!HHIIBBHHH",
+            sport,
+            dport,
+            seq & 0xFFFFFFFF,
+            ack & 0xFFFFFFFF,
+            doff << 4,
+            flags,
+            65535,
+            0,
+            0,
+        )
+        + options
+        + payload
+    )
+    if len(src) == 4:
+        pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp))
+    else:
+        pseudo = src + dst + struct.pack("!I3xB", len(tcp), 6)
+    tcp[16:18] = struct.pack("!H", finish(ones_sum(pseudo) + ones_sum(tcp)))
+    if len(src) == 4:
+        head = bytearray(
+            struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0x4000, ttl, 6, 0, src, dst)
+        )
+        head[10:12] = struct.pack("!H", finish(ones_sum(head)))
+        return bytes(head + tcp)
+    return struct.pack("!IHBB16s16s", 0x60000000, len(tcp), 6, ttl, src, dst) + bytes(tcp)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from alg.kernel.ctnetlink import Ctnetlink
 from tests.kernel import lab as lab_module
 from tests.kernel.lab import Lab
 
@@ -45,3 +46,14 @@ def lab(lab_session: Lab) -> Iterator[Lab]:
     finally:
         lab_session.close_sockets()
         lab_session.reset_router()
+
+
+@pytest.fixture
+def ct(lab: Lab) -> Iterator[Ctnetlink]:
+    """A ctnetlink socket opened in the router's namespace."""
+    with lab_module.netns(lab.router):
+        handle = Ctnetlink()
+    try:
+        yield handle
+    finally:
+        handle.close()

@@ -9,7 +9,6 @@ import select
 import socket
 import statistics
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -29,16 +28,6 @@ from tests.kernel.lab import (
 
 pytestmark = pytest.mark.netns
 _ports = itertools.count(40000)
-
-
-@pytest.fixture
-def ct(lab: Lab) -> Iterator[Ctnetlink]:
-    with netns(lab.router):
-        handle = Ctnetlink()
-    try:
-        yield handle
-    finally:
-        handle.close()
 
 
 def apply_rules(lab: Lab) -> None:

@@ -4,26 +4,15 @@ ownership when several sessions use the same data tuple one after the other."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
 
 import pytest
 
 from alg.core import Dir, Expectation, Kind
 from alg.daemon.conntrack import Kernel, to_key
 from alg.kernel.ctnetlink import Ctnetlink, Tuple
-from tests.kernel.lab import INSIDE4, OUTSIDE4, ROUTER_OUT4, Lab, netns
+from tests.kernel.lab import INSIDE4, OUTSIDE4, ROUTER_OUT4, Lab
 
 pytestmark = pytest.mark.netns
-
-
-@pytest.fixture
-def ct(lab: Lab) -> Iterator[Ctnetlink]:
-    with netns(lab.router):
-        handle = Ctnetlink()
-    try:
-        yield handle
-    finally:
-        handle.close()
 
 
 def _raw(text: str) -> bytes:
@@ -31,8 +20,19 @@ def _raw(text: str) -> bytes:
 
 
 def _expectation(session: int, master: Tuple, port: int) -> Expectation:
-    return Expectation(session, Kind.PORT, 4, to_key(master), _raw(OUTSIDE4), _raw(ROUTER_OUT4),
-                       port, _raw(INSIDE4), port, Dir.REPLY, 30.0)
+    return Expectation(
+        session,
+        Kind.PORT,
+        4,
+        to_key(master),
+        _raw(OUTSIDE4),
+        _raw(ROUTER_OUT4),
+        port,
+        _raw(INSIDE4),
+        port,
+        Dir.REPLY,
+        30.0,
+    )
 
 
 def test_an_ended_session_does_not_delete_a_newer_sessions_expectation(

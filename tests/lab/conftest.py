@@ -63,8 +63,13 @@ class LabHandle:
 
     def invalid(self) -> int:
         """The router's conntrack INVALID counter, summed over CPUs."""
-        done = subprocess.run(["ip", "netns", "exec", self.ns(self.topo.router), "conntrack",
-                               "-S"], capture_output=True, text=True, timeout=10, check=True)
+        done = subprocess.run(
+            ["ip", "netns", "exec", self.ns(self.topo.router), "conntrack", "-S"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
         return sum(int(n) for n in re.findall(r"invalid=(\d+)", done.stdout))
 
     def run(

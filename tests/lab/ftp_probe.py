@@ -65,8 +65,12 @@ def split_port(server: str, port: int, nodelay: bool, path: str) -> dict[str, ob
         replies.append(_reply(ctl, buf))
     ctl.sendall(b"QUIT\r\n")
     ctl.close()
-    return {"replies": replies, "port_reply_ms": round(port_ms, 1), "bytes": len(body),
-            "sha256": hashlib.sha256(body).hexdigest()}
+    return {
+        "replies": replies,
+        "port_reply_ms": round(port_ms, 1),
+        "bytes": len(body),
+        "sha256": hashlib.sha256(body).hexdigest(),
+    }
 
 
 def many_rewrites(server: str, port: int, count: int) -> dict[str, object]:
@@ -78,8 +82,12 @@ def many_rewrites(server: str, port: int, count: int) -> dict[str, object]:
     listings = [ftp.nlst() for _ in range(count)]
     noop = ftp.voidcmd("NOOP")
     ftp.quit()
-    return {"listings": len(listings), "all_same": all(x == listings[0] for x in listings),
-            "first": listings[0], "noop": noop}
+    return {
+        "listings": len(listings),
+        "all_same": all(x == listings[0] for x in listings),
+        "first": listings[0],
+        "noop": noop,
+    }
 
 
 def _one_retr(server: str, port: int, path: str, active: bool) -> str:

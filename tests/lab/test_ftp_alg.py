@@ -32,8 +32,13 @@ OUTSIDE, ONE_MIB = "198.51.100.20", "1mib.bin"
 
 
 def router(lab: LabHandle, *argv: str) -> str:
-    done = subprocess.run(["ip", "netns", "exec", lab.ns("router"), *argv], capture_output=True,
-                          text=True, timeout=30, check=True)
+    done = subprocess.run(
+        ["ip", "netns", "exec", lab.ns("router"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     return done.stdout + done.stderr
 
 
@@ -50,8 +55,13 @@ def rules(lab: LabHandle) -> str:
 
 
 def probe(lab: LabHandle, *args: str) -> dict[str, object]:
-    done = subprocess.run(["ip", "netns", "exec", lab.ns("client"), sys.executable, str(PROBE),
-                           *args], capture_output=True, text=True, timeout=120, check=True)
+    done = subprocess.run(
+        ["ip", "netns", "exec", lab.ns("client"), sys.executable, str(PROBE), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     result: dict[str, object] = json.loads(done.stdout)
     return result
 
@@ -68,8 +78,14 @@ def daemon_pid(lab: LabHandle) -> int:
 
 def status(lab: LabHandle) -> dict[str, object]:
     sock = state.node_dir(lab.prefix, "router") / "ftp-alg-status.sock"
-    out = router(lab, str(Path(sys.executable).with_name("ftp-alg")), "status", "--json",
-                 "--status-socket", str(sock))
+    out = router(
+        lab,
+        str(Path(sys.executable).with_name("ftp-alg")),
+        "status",
+        "--json",
+        "--status-socket",
+        str(sock),
+    )
     result: dict[str, object] = json.loads(out)
     return result
 
@@ -168,8 +184,9 @@ def test_split_port_without_tail_loss_probe_ends_in_a_logged_decision(alg: LabHa
     logfile = state.node_dir(alg.prefix, "router") / "logs" / "ftp-alg.log"
     seen = len(logfile.read_text())
     sysctl = ["ip", "netns", "exec", client, "sysctl", "-q"]
-    old = subprocess.run([*sysctl, "-n", "net.ipv4.tcp_early_retrans"], capture_output=True,
-                         text=True, check=True).stdout.strip()
+    old = subprocess.run(
+        [*sysctl, "-n", "net.ipv4.tcp_early_retrans"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     subprocess.run([*sysctl, "-w", "net.ipv4.tcp_early_retrans=0"], check=True)
     try:
         result = probe(alg, "split-port", OUTSIDE)

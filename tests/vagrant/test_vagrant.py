@@ -128,8 +128,9 @@ def test_vagrant_validate_checks_the_libvirt_block(vagrant_env: dict[str, str]) 
 
 
 def test_an_unknown_gateway_mode_is_refused(vagrant_env: dict[str, str]) -> None:
-    done = _run(["vagrant", "validate", "--ignore-provider"],
-                {**vagrant_env, "FTP_ALG_GATEWAY": "bogus"})
+    done = _run(
+        ["vagrant", "validate", "--ignore-provider"], {**vagrant_env, "FTP_ALG_GATEWAY": "bogus"}
+    )
     assert done.returncode != 0
     assert "FTP_ALG_GATEWAY=bogus" in done.stderr
     assert VALIDATED not in done.stdout
@@ -189,15 +190,21 @@ def _run_wrapper(wrapper: str, tmp: Path, *args: str) -> tuple[dict[str, str], s
     fake.chmod(0o755)
     script = tmp / "lab-provision"
     script.write_text(wrapper)
-    done = subprocess.run(["sh", str(script), *args], env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
-                          capture_output=True, text=True, timeout=10, check=False)
+    done = subprocess.run(
+        ["sh", str(script), *args],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     argv = done.stdout.split("\0")[:-1]
     assert argv[0] == "-i", argv  # nothing of the provisioner's own environment leaks in
     cut = argv.index("bash")
     variables = dict(a.split("=", 1) for a in argv[1:cut])
     assert len(variables) == cut - 1, "a variable is set twice"
-    return variables, argv[cut + 1], argv[cut + 2:]
+    return variables, argv[cut + 1], argv[cut + 2 :]
 
 
 def _vm_extras(topo: Topology, node: str, gateway: str) -> dict[str, str]:
@@ -263,8 +270,12 @@ def test_machines_and_links_follow_the_topology(machines: dict[str, Any], topo: 
             line = f'ip -6 addr replace {addr.ipv6}/{length} dev "$(dev_of {addr.ipv4})" nodad'
             assert line in inline.splitlines(), (node, line)
         throws = re.findall(r"^ip route replace throw (\S+)$", inline, re.M)
-        others = [str(p) for name, n in topo.networks.items() if name not in interfaces
-                  for p in (n.ipv4, n.ipv6)]
+        others = [
+            str(p)
+            for name, n in topo.networks.items()
+            if name not in interfaces
+            for p in (n.ipv4, n.ipv6)
+        ]
         assert throws == ([] if topo.nodes[node].route_via else others), node
     # one private network per topology network, joining exactly its two nodes
     expected = {frozenset((m, net) for m in topo.members(net)) for net in topo.networks}
