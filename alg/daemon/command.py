@@ -18,10 +18,23 @@ def _ports(text: str) -> list[int]:
     return ports
 
 
+def _balance(text: str) -> tuple[int, int]:
+    first, _, last = text.partition(":")
+    if not (first.isdigit() and last.isdigit() and int(first) < int(last) <= 65535):
+        raise argparse.ArgumentTypeError(f"queue balance must be A:B with A < B, not {text!r}")
+    return int(first), int(last)
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("run", help="run the gateway on an NFQUEUE (root, after `rules apply`)")
     p.add_argument("--config", help="TOML config file (see docs/ftp-alg.toml)")
     p.add_argument("--queue-num", type=int, help="NFQUEUE number (default 0)")
+    p.add_argument(
+        "--queue-balance",
+        metavar="A:B",
+        type=_balance,
+        help="read queues A..B, as `rules apply --queue-balance A:B` spreads them",
+    )
     p.add_argument(
         "--ports", type=_ports, dest="control_ports", help="FTP control ports (default 21,2121)"
     )
@@ -63,8 +76,12 @@ def run(args: argparse.Namespace) -> int:
         "log_level",
         "busy_poll_us",
     )
+    overrides = {k: getattr(args, k) for k in keys}
+    if args.queue_balance is not None:
+        first, last = args.queue_balance
+        overrides.update(queue_num=first, queue_count=last - first + 1)
     try:
-        settings = load(args.config, {k: getattr(args, k) for k in keys})
+        settings = load(args.config, overrides)
     except (OSError, ValueError) as exc:
         print(f"ftp-alg run: {exc}", file=sys.stderr)
         return 2

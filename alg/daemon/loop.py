@@ -77,6 +77,7 @@ class Daemon:
             "sessions": len(self.gw.sessions),
             "expectations": self._kernel_expectations(),
             "queue": self.settings.queue_num,
+            "queues": self.settings.queue_count,
             "control_ports": sorted(self.settings.core.control_ports),
             "counters": dict(
                 sorted({**self.gw.counters, **self.kernel.counters, **self.counters}.items())
@@ -98,8 +99,12 @@ class Daemon:
         signal.set_wakeup_fd(wr)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        nfq = NetfilterQueue()
-        nfq.bind(self.settings.queue_num, self.on_packet, max_len=4096)
+        first = self.settings.queue_num
+        queues = []  # one handle per queue of the range the rules balance over
+        for num in range(first, first + self.settings.queue_count):
+            nfq = NetfilterQueue()
+            nfq.bind(num, self.on_packet, max_len=4096)
+            queues.append(nfq)
         events = DestroyListener()
         status = StatusServer(self.settings.status_socket)
         log.info(
@@ -108,18 +113,20 @@ class Daemon:
             ",".join(map(str, sorted(self.settings.core.control_ports))),
             "closed" if self.settings.fail_closed else "open",
         )
-        qfd, efd, sfd = nfq.get_fd(), events.fileno(), status.fileno()
+        by_fd = {nfq.get_fd(): nfq for nfq in queues}
+        fds = [*by_fd, events.fileno(), status.fileno(), rd]
         try:
             while not self.stop:
                 now = time.monotonic()
                 timeout = min(1.0, max(0.0, self.gw.next_tick() - now))
-                ready, _, _ = select.select([qfd, efd, sfd, rd], [], [], timeout)
+                ready, _, _ = select.select(fds, [], [], timeout)
                 if rd in ready:
                     os.read(rd, 512)
                 try:
-                    self._turn(ready, nfq, events, status)
-                    if qfd in ready and self.settings.busy_poll_us:
-                        self._busy_poll(nfq)
+                    busy = [by_fd[fd] for fd in ready if fd in by_fd]
+                    self._turn(ready, busy, events, status)
+                    if busy and self.settings.busy_poll_us:
+                        self._busy_poll(queues)
                 except Exception:  # never die: log, count, and keep reading the queue
                     self._count("errors")
                     log.exception("internal error in the main loop")
@@ -128,7 +135,8 @@ class Daemon:
             log.info("ftp-alg stopping: releasing held packets, withdrawing expectations")
             carry(self.gw.close(), self.kernel)
             self.kernel.withdraw_all()
-            nfq.unbind()
+            for nfq in queues:
+                nfq.unbind()
             events.close()
             status.close()
             self.ct.close()
@@ -136,9 +144,9 @@ class Daemon:
         return 0
 
     def _turn(
-        self, ready: list[int], nfq: Any, events: DestroyListener, status: StatusServer
+        self, ready: list[int], busy: list[Any], events: DestroyListener, status: StatusServer
     ) -> None:
-        if nfq.get_fd() in ready:
+        for nfq in busy:
             nfq.run(block=False)
         if events.fileno() in ready:
             for original in events.read_events():
@@ -149,14 +157,15 @@ class Daemon:
         if now >= self.gw.next_tick():
             carry(self.gw.tick(now), self.kernel)
 
-    def _busy_poll(self, nfq: Any) -> None:
+    def _busy_poll(self, queues: list[Any]) -> None:
         """Poll the queue without sleeping for `busy_poll_us` after the last packet."""
         window = self.settings.busy_poll_us / 1e6
         clock = time.monotonic
         seen = self.counters.get("packets", 0)
         end = clock() + window
         while clock() < end and not self.stop:
-            nfq.run(block=False)
+            for nfq in queues:
+                nfq.run(block=False)
             now = self.counters.get("packets", 0)
             if now != seen:
                 seen, end = now, clock() + window

@@ -20,6 +20,10 @@ DEFAULT_STATUS_SOCKET = "/run/ftp-alg/status.sock"
 class Settings:
     core: Config = field(default_factory=lambda: Config(control_ports=frozenset({21, 2121})))
     queue_num: int = 0
+    # Queues queue_num .. queue_num + queue_count - 1, all read by this one process: with
+    # `rules apply --queue-balance A:B` the two directions of a connection may hash to different
+    # queues (NAT changes the addresses), so one process must serve the whole range.
+    queue_count: int = 1
     # On an unexpected error inside the gateway: let the packet pass unchanged (open) or
     # drop it (closed). Either way it is logged and counted.
     fail_closed: bool = False

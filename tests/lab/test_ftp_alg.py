@@ -76,8 +76,8 @@ def daemon_pid(lab: LabHandle) -> int:
     return int(pidfile.read_text().split()[0])
 
 
-def status(lab: LabHandle) -> dict[str, object]:
-    sock = state.node_dir(lab.prefix, "router") / "ftp-alg-status.sock"
+def status(lab: LabHandle, sock: Path | None = None) -> dict[str, object]:
+    sock = sock or state.node_dir(lab.prefix, "router") / "ftp-alg-status.sock"
     out = router(
         lab,
         str(Path(sys.executable).with_name("ftp-alg")),
@@ -228,3 +228,31 @@ def test_client_port_reused_at_once_keeps_the_new_session(alg: LabHandle) -> Non
         ftp.close()
     counters = status(alg)["counters"]
     assert counters.get("destroy-event-older-connection", 0) >= 1  # type: ignore[union-attr]
+
+
+def test_queue_balance_one_process_reads_every_queue(alg: LabHandle) -> None:
+    """Rules spread over queues 0 and 1; one daemon reads both (the two directions of a
+    connection hash to different queues across NAT, so it must)."""
+    alg.use_gateway("none")
+    ftp_alg = str(Path(sys.executable).with_name("ftp-alg"))
+    sock = state.node_dir(alg.prefix, "router") / "balance-status.sock"
+    log = state.node_dir(alg.prefix, "router") / "logs" / "balance.log"
+    router(alg, ftp_alg, "rules", "apply", "--ports", "21,2121", "--queue-balance", "0:1")
+    with log.open("w") as err:
+        daemon = subprocess.Popen(
+            ["ip", "netns", "exec", alg.ns("router"), ftp_alg, "run", "--queue-balance", "0:1",
+             "--ports", "21,2121", "--status-socket", str(sock)], stderr=err)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        results = probe(alg, "parallel", OUTSIDE, "--count", "8")["results"]
+        assert results == [served_sha(alg)] * 8, log.read_text()
+        got = status(alg, sock)
+        assert got["queues"] == 2
+        assert got["counters"]["rewrite"] >= 8  # type: ignore[index]
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+        router(alg, ftp_alg, "rules", "remove")
+        alg.use_gateway("ftp-alg")
