@@ -105,7 +105,7 @@ class Daemon:
             nfq = NetfilterQueue()
             nfq.bind(num, self.on_packet, max_len=4096)
             queues.append(nfq)
-        events = DestroyListener()
+        events = DestroyListener(ports=self.settings.core.control_ports)
         status = StatusServer(self.settings.status_socket)
         log.info(
             "ftp-alg running: queue %d, control ports %s, fail-%s",

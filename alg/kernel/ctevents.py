@@ -12,6 +12,8 @@ before the control connections it should report on (at daemon start).
 from __future__ import annotations
 
 import errno
+import struct
+from collections.abc import Iterable
 
 from alg.kernel import messages as m
 from alg.kernel.ctnetlink import IPPROTO_TCP, Tuple, conntrack_from_message
@@ -23,9 +25,17 @@ NFNLGRP_CONNTRACK_DESTROY = 3
 class DestroyListener:
     """A non-blocking socket subscribed to conntrack DESTROY events (TCP only)."""
 
-    def __init__(self, rcvbuf: int = 4 << 20) -> None:
+    def __init__(self, rcvbuf: int = 4 << 20, ports: Iterable[int] | None = None) -> None:
         self._nl = NetlinkSocket(groups=(NFNLGRP_CONNTRACK_DESTROY,), rcvbuf=rcvbuf)
         self.lost = 0  # times the kernel reported dropped events (ENOBUFS)
+        # A busy router destroys connections of every kind; decoding each in Python is the
+        # daemon's main background cost. With `ports`, a message is decoded only if it holds
+        # a CTA_PROTO_SRC_PORT or CTA_PROTO_DST_PORT attribute with one of them: a byte search.
+        self._marks = None if ports is None else tuple(
+            struct.pack("=HH", 6, kind) + struct.pack("!H", port)
+            for port in ports for kind in (m.CTA_PROTO_SRC_PORT, m.CTA_PROTO_DST_PORT)
+        )
+        self.skipped = 0  # messages not decoded because they named none of `ports`
 
     def fileno(self) -> int:
         return self._nl.fileno()
@@ -50,6 +60,9 @@ class DestroyListener:
         try:
             for mtype, data in self._nl.receive_nowait():
                 if mtype != m.CT_DELETE:
+                    continue
+                if self._marks is not None and not any(k in data for k in self._marks):
+                    self.skipped += 1
                     continue
                 entry = conntrack_from_message(data)
                 if entry is not None and entry.original.proto == IPPROTO_TCP:

@@ -300,3 +300,22 @@ def test_module_level_functions_share_one_socket(lab: Lab) -> None:
         if ctnetlink._default is not None:
             ctnetlink._default.close()
             ctnetlink._default = None
+
+
+def test_destroy_listener_decodes_only_its_ports(lab: Lab) -> None:
+    with netns(lab.router):
+        listener = DestroyListener(ports=(21,))
+    with listener:
+        _sock, orig = control_from_inside(lab)  # to port 21
+        lab.listen(lab.outside, OUTSIDE4, 8080)
+        other = lab.connect(lab.inside, OUTSIDE4, 8080)  # not a control port
+        lab.run(lab.router, "conntrack", "-D", "-p", "tcp", "--orig-port-dst", "8080")
+        lab.run(lab.router, "conntrack", "-D", "-p", "tcp", "--orig-port-dst", "21")
+        events: list[Tuple] = []
+        deadline = time.monotonic() + 5
+        while orig not in events and time.monotonic() < deadline:
+            select.select([listener], [], [], 0.5)
+            events += listener.read_events()
+        assert events == [orig]  # the port-8080 connection was never decoded
+        assert listener.skipped >= 1
+        other.close()
