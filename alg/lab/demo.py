@@ -117,14 +117,34 @@ class _Demo:
                 return f"{m[2]}  (from {m[1]}, vsftpd's log)"
         return None
 
+    def gateway_log(self) -> Path:
+        return state.node_dir(self.prefix, self.topo.router) / "logs" / "ftp-alg.log"
+
+    def gateway_said(self, since: int) -> list[str]:
+        """What ftp-alg logged about the step: its rewrites, forwards and refusals."""
+        try:
+            text = self.gateway_log().read_text(errors="replace")[since:]
+        except OSError:
+            return []
+        kinds = (" rewrite:", " forward:", " refusal ")
+        return [
+            line.split(" ftp-alg ", 1)[-1]
+            for line in text.splitlines()
+            if any(k in line for k in kinds)
+        ]
+
     def step(self, case: Case, expect_ok: bool) -> bool:
         self.say(f"  - {_intro(self.topo, case)}")
         ns = backend.namespace(self.prefix, case.from_node(self.topo))
+        log = self.gateway_log()
+        since = log.stat().st_size if log.exists() else 0
         outcome = clients.run("curl", ns, case.request(self.topo, timeout=5), self.workdir)
         _quote(outcome, self.say)
         seen = self.server_saw(case)
         if seen:
             self.say(f"      server got:   {seen}")
+        for line in self.gateway_said(since):
+            self.say(f"      ftp-alg:      {line}")
         ok = self.arrived(outcome, case)
         if ok:
             self.say("    WORKS: 1 MiB arrived, sha256 matches the server's copy.")
