@@ -9,12 +9,12 @@ rewrite is decided; a refusal leaves the line untouched and says why.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import TYPE_CHECKING
 
 from alg.core.events import Action, Dir, Event, Expect, Expectation, Unexpect
 from alg.core.grammar import HostPort, Malformed, format_span, parse_command, parse_reply
 from alg.core.seqadj import seq_diff
+from alg.core.text import show_addr, show_line
 from alg.core.tls import TlsWalker
 
 if TYPE_CHECKING:
@@ -34,17 +34,6 @@ def _verb(line: bytes) -> bytes:
         if byte in b" \t\r\n":
             return head[:i].upper()
     return head.upper()
-
-
-def _show(raw: bytes, limit: int = 120) -> str:
-    text = ascii(raw.rstrip(b"\r\n")[:limit])[2:-1]
-    return text + ("..." if len(raw) > limit + 2 else "")
-
-
-def _addr(raw: bytes) -> str:
-    if len(raw) == 4:
-        return f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}"
-    return str(ipaddress.IPv6Address(raw))
 
 
 def on_line(
@@ -76,7 +65,7 @@ def may_carry_address(s: Session, half: Half, partial: bytes) -> bool:
 
 
 def _refuse(s: Session, out: list[Action], reason: str, message: str, line: bytes) -> None:
-    s.ctx.event(out, Event("refusal", s.id, message, reason, before=_show(line)))
+    s.ctx.event(out, Event("refusal", s.id, message, reason, before=show_line(line)))
 
 
 # ---- commands ----------------------------------------------------------------------------
@@ -124,7 +113,7 @@ def _command(
             Event(
                 "long-line",
                 s.id,
-                f"{_show(verb)} line over {s.ctx.config.max_line} bytes: not parsed",
+                f"{show_line(verb)} line over {s.ctx.config.max_line} bytes: not parsed",
             ),
         )
     elif verb in _PROTECTED and not s.tls_reported:
@@ -303,8 +292,9 @@ def _address(
                 Event(
                     "fxp",
                     s.id,
-                    f"{what} names {_addr(addr)}, not {_addr(own)}: FXP allowed, passed unchanged",
-                    before=_show(line),
+                    f"{what} names {show_addr(addr)}, not {show_addr(own)}: "
+                    "FXP allowed, passed unchanged",
+                    before=show_line(line),
                 ),
             )
             return
@@ -312,7 +302,8 @@ def _address(
             s,
             out,
             "bounce",
-            f"{what} names {_addr(addr)}, not the {'client' if command else 'server'} {_addr(own)}",
+            f"{what} names {show_addr(addr)}, not the "
+            f"{'client' if command else 'server'} {show_addr(own)}",
             line,
         )
         return
@@ -331,8 +322,8 @@ def _address(
             Event(
                 "unchanged",
                 s.id,
-                f"{what} {_addr(own)}:{hp.port}: no NAT on this side, nothing to rewrite",
-                before=_show(line),
+                f"{what} {show_addr(own)}:{hp.port}: no NAT on this side, nothing to rewrite",
+                before=show_line(line),
             ),
         )
         return
@@ -384,17 +375,17 @@ def _address(
     if new != old:
         half.adj.add(span, len(old), new)
     if new == old:  # a 229 keeps its port: only the expectation was needed
-        message = f"{what} port {port}: text unchanged, data connection sent on to {_addr(own)}"
-        s.ctx.event(out, Event("forward", s.id, message, before=_show(line)))
+        message = f"{what} port {port}: text unchanged, data connection sent on to {show_addr(own)}"
+        s.ctx.event(out, Event("forward", s.id, message, before=show_line(line)))
         return
     s.ctx.event(
         out,
         Event(
             "rewrite",
             s.id,
-            f"{what} {_addr(own)}:{hp.port} -> {_addr(outside)}:{port} "
+            f"{what} {show_addr(own)}:{hp.port} -> {show_addr(outside)}:{port} "
             f"(delta {len(new) - len(old):+d})",
-            before=_show(line),
-            after=_show(after),
+            before=show_line(line),
+            after=show_line(after),
         ),
     )

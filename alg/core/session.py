@@ -35,6 +35,7 @@ from alg.core.events import (
 from alg.core.lines import LineBuffer
 from alg.core.packet import ACK, FIN, RST, SYN, Segment, has_sack, rebuild
 from alg.core.seqadj import MASK, SeqAdj, seq_diff
+from alg.core.text import show_line
 from alg.core.tls import TlsWalker
 
 Held = tuple[object, Segment, int]  # (handle, segment, its ack as mapped on arrival)
@@ -255,8 +256,8 @@ class Session:
             Event(
                 "hold-timeout",
                 self.id,
-                f"{half.dir.name} line {_show(half.lines.partial)} still incomplete after "
-                f"{self.ctx.config.hold_timeout:g} s: its segments leave unchanged",
+                f"{half.dir.name} line '{show_line(half.lines.partial, 80)}' still incomplete "
+                f"after {self.ctx.config.hold_timeout:g} s: its segments leave unchanged",
             ),
         )
         self._release(half, out)
@@ -312,9 +313,3 @@ def _outcome(data: bytes | None, out: list[Action]) -> Outcome:
     if data is None and not out:
         return ACCEPT
     return Outcome(Verdict.ACCEPT, data, tuple(out))
-
-
-def _show(raw: bytes, limit: int = 80) -> str:
-    """Untrusted bytes, escaped for a log line (style.md: log them with ascii())."""
-    text = ascii(raw[:limit])[2:-1]
-    return f"'{text}{'...' if len(raw) > limit else ''}'"

@@ -10,7 +10,8 @@ import logging
 from typing import Any
 
 from alg.core import Action, Drop, Event, Expect, Release, Unexpect
-from alg.daemon.conntrack import Kernel, expected_tuple, show_addr
+from alg.core.text import show_addr
+from alg.daemon.conntrack import Kernel, expected_tuple
 
 log = logging.getLogger("ftp-alg")
 

@@ -21,11 +21,9 @@ log = logging.getLogger("ftp-alg")
 _TCP = 6
 
 
-def show_addr(raw: bytes) -> str:
+def _text(raw: bytes) -> str:
+    """conntrack's text form of a packed address (inet_ntop, as the kernel replies decode)."""
     return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
-
-
-_text = show_addr
 
 
 def _raw(text: str, family: int) -> bytes:

@@ -31,9 +31,14 @@ class DestroyListener:
         # A busy router destroys connections of every kind; decoding each in Python is the
         # daemon's main background cost. With `ports`, a message is decoded only if it holds
         # a CTA_PROTO_SRC_PORT or CTA_PROTO_DST_PORT attribute with one of them: a byte search.
-        self._marks = None if ports is None else tuple(
-            struct.pack("=HH", 6, kind) + struct.pack("!H", port)
-            for port in ports for kind in (m.CTA_PROTO_SRC_PORT, m.CTA_PROTO_DST_PORT)
+        self._marks = (
+            None
+            if ports is None
+            else tuple(
+                struct.pack("=HH", 6, kind) + struct.pack("!H", port)
+                for port in ports
+                for kind in (m.CTA_PROTO_SRC_PORT, m.CTA_PROTO_DST_PORT)
+            )
         )
         self.skipped = 0  # messages not decoded because they named none of `ports`
 

@@ -17,18 +17,14 @@ counts that round trip, so a replay checks the seq/ack arithmetic on real traffi
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 from alg.core import Config, CoreError, Drop, Event, Expect, Gateway, Release, Unexpect, Verdict
 from alg.core.events import Action, Expectation, FlowKey
 from alg.core.packet import Segment, parse, rebuild
+from alg.core.text import show_addr
 from alg.replay.capture import Frame
-
-
-def show_addr(raw: bytes) -> str:
-    return str(ipaddress.ip_address(raw))
 
 
 def show_endpoint(raw: bytes, port: int) -> str:
