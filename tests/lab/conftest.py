@@ -22,7 +22,7 @@ from alg.lab.clients import Outcome
 from alg.lab.scenarios import Case
 from alg.lab.topology import Topology, load
 
-PREFIX = "tl"
+PREFIX = os.environ.get("FTP_ALG_TEST_LAB", "") + "tl"  # a tag lets labs run side by side
 TOOLS = (
     "ip",
     "iptables",

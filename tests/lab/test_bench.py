@@ -7,6 +7,7 @@ measures something for every gateway and reports it in the documented form.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,8 @@ from tests.lab.conftest import unavailable
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
-PREFIX = "tb"  # not `tl` (the other lab tests) nor `bench` (a bench someone may be running)
+# not `tl` (the other lab tests) nor `bench` (a bench someone may be running)
+PREFIX = os.environ.get("FTP_ALG_TEST_LAB", "") + "tb"
 GATEWAYS = ("none", "kernel", "ftp-alg")
 # Figures that must be present, finite and > 0.
 POSITIVE = (

@@ -6,6 +6,7 @@ the command's status, `gateway` switches the router's rules, and `down` leaves n
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from alg.lab import backend, netns, state
 from tests.lab.conftest import unavailable
 
 pytestmark = pytest.mark.netns
-PREFIX = "td"
+PREFIX = os.environ.get("FTP_ALG_TEST_LAB", "") + "td"
 
 
 def lab_cli(*args: str) -> subprocess.CompletedProcess[str]:
