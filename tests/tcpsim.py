@@ -1,18 +1,39 @@
-"""A small TCP world for the core's tests: build packets by hand and run them through a Gateway.
+"""A small NAT router for the core's tests: the daemon's part, the kernel's part, two peers.
 
 Packets are built with struct (not scapy) so property tests can make thousands of them. The
-`Link` plays the daemon's part: it carries out Release/Drop actions for held packets and
-delivers what the gateway lets through to the far `Receiver`, which reassembles the stream.
+`Link` plays what runs on a router:
+- the queue: only segments that carry payload reach the gateway (the rules' BPF match);
+  pure ACKs, SYNs and FINs without data go straight to the kernel;
+- the daemon: it carries out the gateway's commands in order, answers `Lookup` from the
+  kernel's records and `Reserve` with a port, and counts verdicts per queued packet (every
+  packet must get exactly one);
+- the kernel: conntrack's seqadj, written only by `WriteSeqAdj`, shifts seq, ack and SACK of
+  every packet that leaves, queued or not. `KernelSeqAdj` below follows
+  net/netfilter/nf_conntrack_seqadj.c on its own, apart from the core's model of it.
+Then the far side's `Receiver` reassembles the stream as a TCP would.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
+from collections import deque
 from dataclasses import dataclass, field
 
-from alg.core import Drop, Gateway, Outcome, Release, Verdict
-from alg.core.packet import ACK, PSH, SYN, build, parse
+from alg.core import (
+    Accept,
+    Command,
+    DataExpectation,
+    Drop,
+    Found,
+    Gateway,
+    Lookup,
+    Reserve,
+    Reserved,
+    SeqAdjRecord,
+    WriteSeqAdj,
+)
+from alg.core.packet import ACK, PSH, SYN, build, parse, rebuild
 
 MASK = 0xFFFFFFFF
 
@@ -24,6 +45,40 @@ def ip(text: str) -> bytes:
 def sack_option(*blocks: tuple[int, int]) -> bytes:
     body = b"".join(struct.pack("!II", a & MASK, b & MASK) for a, b in blocks)
     return b"\x01\x01" + bytes((5, 2 + len(body))) + body
+
+
+def _after(a: int, b: int) -> bool:
+    """The kernel's after(): (__s32)(b - a) < 0."""
+    return ((b - a) & MASK) >= 0x80000000
+
+
+@dataclass
+class KernelSeqAdj:
+    """struct nf_ct_seqadj for one direction, applied as nf_ct_seq_adjust does."""
+
+    correction_pos: int = 0
+    offset_before: int = 0
+    offset_after: int = 0
+
+    def seq(self, seq: int) -> int:
+        off = self.offset_after if _after(seq, self.correction_pos) else self.offset_before
+        return (seq + off) & MASK
+
+    def ack(self, ack: int) -> int:  # also nf_ct_sack_block_adjust for each edge
+        if _after((ack - self.offset_before) & MASK, self.correction_pos):
+            return (ack - self.offset_after) & MASK
+        return (ack - self.offset_before) & MASK
+
+
+def kernel_adjust(pkt: bytes, this_way: KernelSeqAdj, other_way: KernelSeqAdj) -> bytes:
+    seg = parse(pkt)
+    return rebuild(
+        seg,
+        this_way.seq(seg.seq),
+        other_way.ack(seg.ack),
+        sack=lambda a, b: (other_way.ack(a), other_way.ack(b)),
+        full_checksum=True,
+    )
 
 
 @dataclass
@@ -62,33 +117,53 @@ class Peer:
         self.seen_as = self.seen_as or self.addr
 
 
+class VerdictError(AssertionError):
+    """A queued packet got a second verdict, or one it never asked for."""
+
+
 @dataclass
 class Link:
-    """Client and server talking through a Gateway; records what each side receives."""
+    """Client and server talking through a NAT router running a Gateway."""
 
     gw: Gateway
     client: Peer
     server: Peer
     now: float = 0.0
-    # What the gateway emitted, per direction: (packet bytes) in order.
-    to_server: list[bytes] = field(default_factory=list)
+    taken_ports: set[int] = field(default_factory=set)  # the kernel refuses these (EEXIST)
+    queue_all: bool = False  # queue segments without payload too (the replay does)
+    to_server: list[bytes] = field(default_factory=list)  # what left the router, in order
     to_client: list[bytes] = field(default_factory=list)
-    held: dict[int, tuple[bytes, bool]] = field(default_factory=dict)
-    outcomes: list[Outcome] = field(default_factory=list)
-    events: list[object] = field(default_factory=list)
+    queued: dict[int, tuple[bytes, bool]] = field(default_factory=dict)  # awaiting a verdict
+    verdicts: dict[int, str] = field(default_factory=dict)
+    events: list[object] = field(default_factory=list)  # Reports, Withdraws and Reserves
+    expectations: list[DataExpectation] = field(default_factory=list)
+    kernel: tuple[KernelSeqAdj, KernelSeqAdj] = field(
+        default_factory=lambda: (KernelSeqAdj(), KernelSeqAdj())
+    )
+    seqadj_writes: int = 0
     _handle: int = 0
 
     def __post_init__(self) -> None:
         self.at_server = Receiver(self.client.seq)
         self.at_client = Receiver(self.server.seq)
+
+    @property
+    def original(self) -> tuple[bytes, int, bytes, int]:
         c, s = self.client, self.server
-        self.gw.bind((c.addr, c.port, s.seen_as, s.port), (s.addr, s.port, c.seen_as, c.port))
+        return (c.addr, c.port, s.seen_as, s.port)
+
+    @property
+    def reply(self) -> tuple[bytes, int, bytes, int]:
+        c, s = self.client, self.server
+        return (s.addr, s.port, c.seen_as, c.port)
+
+    @property
+    def held(self) -> dict[int, tuple[bytes, bool]]:
+        return self.queued
 
     def handshake(self) -> None:
         c, s = self.client, self.server
         self.send(True, SYN, seq=c.seq - 1, ack=0)
-        c, s = self.client, self.server
-        self.gw.bind((c.addr, c.port, s.seen_as, s.port), (s.addr, s.port, c.seen_as, c.port))
         self.send(False, SYN | ACK, seq=s.seq - 1, ack=c.seq)
         self.send(True, ACK, seq=c.seq, ack=s.seq)
 
@@ -101,46 +176,93 @@ class Link:
         ack: int | None = None,
         options: bytes = b"",
         advance: bool = True,
-    ) -> Outcome:
+    ) -> list[Command]:
+        """A packet as it reaches the queue (mangle POSTROUTING: after DNAT, before SNAT)."""
         me, peer = (self.client, self.server) if from_client else (self.server, self.client)
         if seq is None:
             seq = me.seq
         if ack is None:
             recv = self.at_client if from_client else self.at_server
             ack = recv.nxt  # acks what this side has received, in its own space
-        pkt = build(me.addr, peer.seen_as, me.port, peer.port, seq, ack, flags, payload, options)
+        pkt = build(me.addr, peer.addr, me.port, peer.port, seq, ack, flags, payload, options)
         if advance and seq == me.seq:
             me.seq = (me.seq + len(payload)) & MASK
         return self.feed(pkt, from_client)
 
-    def feed(self, pkt: bytes, from_client: bool) -> Outcome:
+    def feed(self, pkt: bytes, from_client: bool) -> list[Command]:
+        if not parse(pkt).payload_len and not self.queue_all:
+            self.deliver(pkt, from_client)  # not queued: the kernel alone shifts it
+            return []
         self._handle += 1
         handle = self._handle
-        out = self.gw.packet(handle, pkt, self.now)
-        self.outcomes.append(out)
-        self.apply(out.actions)
-        if out.verdict is Verdict.ACCEPT:
-            self.deliver(out.data if out.data is not None else pkt, from_client)
-        elif out.verdict is Verdict.HOLD:
-            self.held[handle] = (pkt, from_client)
-        return out
+        self.queued[handle] = (pkt, from_client)
+        return self.carry(self.gw.packet(handle, pkt, self.now))
 
-    def apply(self, actions: tuple[object, ...] | list[object]) -> None:
-        for action in actions:
-            if isinstance(action, Release):
-                pkt, from_client = self.held.pop(action.handle)  # type: ignore[call-overload]
-                self.deliver(action.data if action.data is not None else pkt, from_client)
-            elif isinstance(action, Drop):
-                self.held.pop(action.handle)  # type: ignore[call-overload]
+    def carry(self, commands: list[Command]) -> list[Command]:
+        """What the daemon does: every command in order, answers handed straight back."""
+        done: list[Command] = []
+        todo = deque(commands)
+        while todo:
+            cmd = todo.popleft()
+            done.append(cmd)
+            if isinstance(cmd, Accept | Drop):
+                self._verdict(cmd)
+            elif isinstance(cmd, Lookup):
+                ko, kr = self.kernel
+                todo.extend(
+                    self.gw.answer(
+                        Found(cmd.key, self.original, self.reply, _record(ko), _record(kr)),
+                        self.now,
+                    )
+                )
+            elif isinstance(cmd, Reserve):
+                self.events.append(cmd)
+                port = self._reserve(cmd)
+                if port is not None:
+                    self.expectations.append(cmd.proposal._replace(outside_port=port))
+                todo.extend(self.gw.answer(Reserved(cmd.proposal.session, port), self.now))
+            elif isinstance(cmd, WriteSeqAdj):
+                rec = self.kernel[int(cmd.direction)]
+                r = cmd.record
+                rec.correction_pos, rec.offset_before, rec.offset_after = r
+                self.seqadj_writes += 1
             else:
-                self.events.append(action)
+                self.events.append(cmd)
+        return done
+
+    def _reserve(self, cmd: Reserve) -> int | None:
+        want = cmd.proposal.outside_port
+        if want not in self.taken_ports:
+            return want
+        if cmd.fixed:
+            return None
+        return next((p for p in range(50000, 50100) if p not in self.taken_ports), None)
+
+    def _verdict(self, cmd: Accept | Drop) -> None:
+        handle = cmd.handle
+        assert isinstance(handle, int)
+        if handle in self.verdicts or handle not in self.queued:
+            raise VerdictError(f"packet {handle}: {type(cmd).__name__} after {self.verdicts}")
+        pkt, from_client = self.queued.pop(handle)
+        self.verdicts[handle] = type(cmd).__name__
+        if isinstance(cmd, Accept):
+            self.deliver(cmd.data if cmd.data is not None else pkt, from_client)
 
     def tick(self, dt: float) -> None:
         self.now += dt
-        self.apply(self.gw.tick(self.now))
+        self.carry(self.gw.tick(self.now))
+
+    def close(self) -> None:
+        self.carry(self.gw.close(self.now))
 
     def deliver(self, pkt: bytes, from_client: bool) -> None:
-        (self.to_server if from_client else self.to_client).append(pkt)
-        seg = parse(pkt)
+        ko, kr = self.kernel
+        out = kernel_adjust(pkt, ko, kr) if from_client else kernel_adjust(pkt, kr, ko)
+        (self.to_server if from_client else self.to_client).append(out)
+        seg = parse(out)
         if seg.payload_len:
             (self.at_server if from_client else self.at_client).take(seg.seq, seg.payload)
+
+
+def _record(k: KernelSeqAdj) -> SeqAdjRecord:
+    return SeqAdjRecord(k.correction_pos, k.offset_before, k.offset_after)

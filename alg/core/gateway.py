@@ -1,24 +1,43 @@
-"""The gateway: packets in, verdicts and actions out, for every control connection at once.
+"""The gateway: every control connection at once. Packets and answers in, commands out.
 
-`packet()` is the per-packet path, kept short: parse the headers, find the direction by its
-flow key, let the session decide. `tick()` carries the clock: hold deadlines, expectation
-and idle expiry. Nothing here reads a clock, logs or touches the network.
+This is the core's public API; the daemon, the replay and the tests use nothing else:
+
+    commands = gw.packet(handle, data, now)     # a queued packet
+    commands = gw.answer(Found(...), now)       # the answer to the last command, if asked
+    commands = gw.tick(now)                     # when `gw.next_tick()` has come
+    commands = gw.forget(key, reason, now)      # conntrack destroyed the connection
+    commands = gw.close(now)                    # shutting down
+
+Every packet handed in gets exactly one `Accept` or `Drop`, in this call or a later one,
+whatever happens to its session. A new connection is looked up in conntrack first (its NAT
+mapping and its seqadj records, which a daemon that restarted or took over after a failover
+needs); its packets wait for the answer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+from alg.core.commands import (
+    Accept,
+    Answer,
+    Command,
+    Found,
+    Handle,
+    Lookup,
+    NotFound,
+    Reserved,
+)
 from alg.core.config import Config
-from alg.core.context import Context, Mapper, PortChooser
-from alg.core.errors import CoreError, NotControlTraffic, PacketError
-from alg.core.events import ACCEPT, Action, Event, FlowKey, Outcome
+from alg.core.context import Context
+from alg.core.errors import NotControlTraffic, PacketError
 from alg.core.packet import ACK, SYN, Segment, parse
-from alg.core.session import Half, Session
+from alg.core.reports import EventKind, Reason, Report
+from alg.core.session import Session, Work
+from alg.core.stream import Stream
 
 _SWEEP_EVERY = 1.0  # seconds between idle/expiry sweeps over all sessions
-
-
-class SessionCap(NotControlTraffic):
-    """A new control connection beyond `max_sessions`."""
+FlowKey = tuple[bytes, int, bytes, int]
 
 
 def reverse(key: FlowKey) -> FlowKey:
@@ -26,176 +45,285 @@ def reverse(key: FlowKey) -> FlowKey:
 
 
 def inside_view(orig: FlowKey, reply: FlowKey) -> FlowKey:
-    """The client's packets after DNAT and before SNAT: source as sent, destination as the
-    server really is (mangle POSTROUTING, where the ORIGINAL direction is queued)."""
+    """The client's packets after DNAT and before SNAT (mangle POSTROUTING, where both
+    directions are queued): source as sent, destination as the server really is."""
     return (orig[0], orig[1], reply[0], reply[1])
 
 
 class Gateway:
     """Tracks FTP control connections and rewrites what crosses them."""
 
-    def __init__(
-        self,
-        config: Config | None = None,
-        choose_port: PortChooser | None = None,
-        mapper: Mapper | None = None,
-    ) -> None:
+    def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config()
-        self.ctx = Context(self.config, choose_port, mapper)
-        self._ports = self.config.control_ports
-        self.flows: dict[FlowKey, Half] = {}
-        self.sessions: dict[int, Session] = {}
-        self._holding: set[Half] = set()
+        self._ctx = Context(self.config)
+        self._flows: dict[FlowKey, tuple[Session, Stream]] = {}
+        self._sessions: dict[int, Session] = {}
+        self._lookups: dict[FlowKey, list[tuple[Segment, Handle]]] = {}
         self._next_sweep = 0.0
+
+    # ---- views for the adapters ----------------------------------------------------------
 
     @property
     def counters(self) -> dict[str, int]:
-        return self.ctx.counters
+        return self._ctx.counters
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def held_count(self) -> int:
+        """Queued packets the core holds now (split lines, rewrites waiting for an ack,
+        out-of-order segments, packets waiting for an answer)."""
+        held = sum(len(h) for h in self._lookups.values())
+        for s in self._sessions.values():
+            held += len(s.parked) + (s.busy is not None)
+            held += sum(len(h.held) + len(h.ooo) for h in (s.orig, s.reply))
+        return held
+
+    def session_id(self, key: FlowKey) -> int | None:
+        found = self._flows.get(key)
+        return None if found is None else found[0].id
+
+    def is_closing(self, key: FlowKey) -> bool:
+        found = self._flows.get(key)
+        return found is not None and found[0].closing_at is not None
+
+    def session_tuples(self, session: int) -> tuple[FlowKey, FlowKey] | None:
+        s = self._sessions.get(session)
+        return None if s is None else s.tuples
 
     # ---- packets -------------------------------------------------------------------------
 
-    def packet(self, handle: object, data: bytes, now: float) -> Outcome:
-        """Decide one packet. Never raises for any input: bad packets pass unchanged."""
+    def packet(self, handle: Handle, data: bytes, now: float) -> list[Command]:
+        """Decide one queued packet. Never raises for any input: bad packets pass unchanged."""
+        out: list[Command] = []
         try:
             seg = parse(data)
         except NotControlTraffic as exc:
-            self.ctx.count("not-inspected")
-            return Outcome(ACCEPT.verdict, None, (Event("not-inspected", 0, str(exc)),))
+            self._ctx.report(out, Report(EventKind.NOT_INSPECTED, 0, str(exc)))
+            out.append(Accept(handle))
+            return out
         except PacketError as exc:
-            self.ctx.count("malformed-packet")
-            return Outcome(ACCEPT.verdict, None, (Event("malformed-packet", 0, str(exc)),))
+            self._ctx.report(out, Report(EventKind.MALFORMED_PACKET, 0, str(exc)))
+            out.append(Accept(handle))
+            return out
         key = (seg.src, seg.sport, seg.dst, seg.dport)
-        half = self.flows.get(key)
-        if half is None or (seg.flags & (SYN | ACK) == SYN and half.session.closing_at):
+        found = self._flows.get(key)
+        if found is not None and seg.flags & (SYN | ACK) == SYN and found[0].closing_at:
+            out += self._remove(found[0], "its ports were reused by a new connection", now)
+            found = None
+        if found is None:
+            return self._new_flow(seg, key, handle, out)
+        session, stream = found
+        self._feed(session, stream, seg, handle, now, out)
+        return out
+
+    def _new_flow(
+        self, seg: Segment, key: FlowKey, handle: Handle, out: list[Command]
+    ) -> list[Command]:
+        ports = self.config.control_ports
+        if seg.dport not in ports and seg.sport not in ports:
+            self._ctx.count("not-control-port")
+            out.append(Accept(handle))
+            return out
+        waiting = self._lookups.get(key)
+        if waiting is not None:  # its look-up is under way
+            if len(waiting) < self.config.max_held:
+                waiting.append((seg, handle))
+                return out
+            out.append(Accept(handle))
+            return out
+        self._lookups[key] = [(seg, handle)]
+        out.append(Lookup(key))
+        return out
+
+    def _feed(
+        self,
+        session: Session,
+        stream: Stream,
+        seg: Segment,
+        handle: Handle,
+        now: float,
+        out: list[Command],
+    ) -> None:
+        if session.suspended is not None:
+            session.parked.append((stream, seg, handle))
+            return
+        work = session.segment(stream, seg, handle, now, session.outbox)
+        self._drive(session, work, None, now, out)
+
+    def _drive(
+        self, session: Session, work: Work, value: int | None, now: float, out: list[Command]
+    ) -> None:
+        """Run `work` until it asks a question (appended last) or ends; then let the
+        packets that arrived meanwhile in. Work writes into the session's outbox, which
+        outlives the call that started it."""
+        box = session.outbox
+        while True:
+            question = None
             try:
-                half = self._new_flow(seg, key, now)
-            except SessionCap as exc:
-                event = Event("refusal", 0, str(exc), "session-cap")
-                self.ctx.count("refusal")
-                self.ctx.count("refusal.session-cap")
-                return Outcome(ACCEPT.verdict, None, (event,))
-            except CoreError as exc:
-                self.ctx.count("not-inspected")
-                return Outcome(ACCEPT.verdict, None, (Event("not-inspected", 0, str(exc)),))
-            if half is None:
-                return ACCEPT
-        session = half.session
-        outcome = session.segment(half, seg, handle, now)
-        if half.held is not None and half not in self._holding:
-            self._holding.add(half)
-        return outcome
+                question = work.send(value)
+            except StopIteration:
+                session.suspended = None
+            else:
+                session.suspended = work
+            out += box
+            box.clear()
+            if question is not None:
+                out.append(question)
+                return
+            if not session.parked:
+                return
+            stream, seg, handle = session.parked.pop(0)
+            work, value = session.segment(stream, seg, handle, now, box), None
 
-    def _new_flow(self, seg: Segment, key: FlowKey, now: float) -> Half | None:
-        ports, mapper = self._ports, self.ctx.mapper
-        if seg.dport in ports:
-            old = self.flows.get(key)
-            if old is not None:  # the same ports reused by a new connection
-                self._remove(old.session)
-            if len(self.sessions) >= self.config.max_sessions:
-                if seg.flags & (SYN | ACK) == SYN:  # reported once per connection attempt
-                    raise SessionCap(
-                        f"{len(self.sessions)} sessions tracked (max_sessions): "
-                        "this connection passes unwatched"
-                    )
-                raise NotControlTraffic("untracked control connection (session cap)")
-            # A SYN's conntrack entry is not confirmed yet: look it up from later packets.
-            found = mapper(key) if mapper is not None and not seg.flags & SYN else None
-            session = Session(self.ctx, key, seg.version, now, greeted=not seg.flags & SYN)
-            self.sessions[session.id] = session
-            self.flows[key] = session.orig
-            if found is not None:
-                self._index(session, *found)
-            self.ctx.count("session-new")
-            return session.orig
-        if seg.sport in ports:
-            found = mapper(key) if mapper is not None else None
-            orig, reply = found if found is not None else (reverse(key), key)
-            half = self.flows.get(orig) or self.flows.get(inside_view(orig, reply))
-            if half is None:
-                return None  # a reply to nothing we track (the client side was not seen)
-            self._index(half.session, orig, reply)
-            return half.session.reply
-        return None
+    # ---- answers -------------------------------------------------------------------------
 
-    def bind(self, orig_key: FlowKey, reply_key: FlowKey) -> None:
-        """Tell the core a connection's tuples as conntrack has them (its NAT mapping)."""
-        half = self.flows.get(orig_key) or self.flows.get(inside_view(orig_key, reply_key))
-        if half is not None:
-            self._index(half.session, orig_key, reply_key)
+    def answer(self, answer: Answer, now: float) -> list[Command]:
+        out: list[Command] = []
+        if isinstance(answer, Reserved):
+            session = self._sessions.get(answer.session)
+            if session is not None and session.suspended is not None:
+                self._drive(session, session.suspended, answer.port, now, out)
+            return out
+        waiting = self._lookups.pop(answer.key, [])
+        if isinstance(answer, NotFound) or not waiting:
+            if waiting:
+                self._ctx.report(
+                    out,
+                    Report(EventKind.UNTRACKED, 0, "conntrack does not track this connection"),
+                )
+            out.extend(Accept(handle) for _, handle in waiting)
+            return out
+        session = self._session_for(answer, waiting[0][0], now, out)
+        if session is None:
+            out.extend(Accept(handle) for _, handle in waiting)
+            return out
+        for seg, handle in waiting:
+            key = (seg.src, seg.sport, seg.dst, seg.dport)
+            found = self._flows.get(key)
+            if found is None:
+                out.append(Accept(handle))  # a tuple conntrack does not give this connection
+                continue
+            self._feed(session, found[1], seg, handle, now, out)
+        return out
 
-    def _index(self, session: Session, orig: FlowKey, reply: FlowKey) -> None:
-        """Find the session by every view of it: the original tuple, the reply tuple, and
-        the client's packets after DNAT (where the ORIGINAL direction may be queued)."""
-        session.key = orig
-        if session.reply_key is not None and session.reply_key != reply:
-            self.flows.pop(session.reply_key, None)
-        session.reply_key = reply
-        self.flows[reply] = session.reply
-        self.flows.setdefault(orig, session.orig)
+    def _session_for(
+        self, found: Found, first: Segment, now: float, out: list[Command]
+    ) -> Session | None:
+        orig, reply = found.original, found.reply
+        known = self._flows.get(orig) or self._flows.get(reply)
+        if known is not None:
+            self._index(known[0])
+            return known[0]
+        if len(self._sessions) >= self.config.max_sessions:
+            self._ctx.report(
+                out,
+                Report(
+                    EventKind.REFUSAL,
+                    0,
+                    f"{len(self._sessions)} sessions tracked (max_sessions): "
+                    "this connection passes unwatched",
+                    Reason.SESSION_CAP,
+                ),
+            )
+            return None
+        fresh = bool(first.flags & SYN)
+        records = (found.seqadj_original, found.seqadj_reply)
+        session = Session(self._ctx, (orig, reply), first.version, now, records, fresh)
+        self._sessions[session.id] = session
+        self._index(session)
+        self._ctx.report(out, Report(EventKind.SESSION_NEW, session.id, "watching"))
+        if any(r is not None and not r.identity for r in records):
+            self._ctx.report(
+                out,
+                Report(
+                    EventKind.SEQADJ_RESUMED,
+                    session.id,
+                    f"met mid-stream with the kernel's offsets ORIGINAL {records[0]}, "
+                    f"REPLY {records[1]}",
+                ),
+            )
+        return session
+
+    def _keys(self, session: Session) -> Iterator[tuple[FlowKey, Stream]]:
+        """Every view of a session at the queue: conntrack's two tuples, and both
+        directions after DNAT and before SNAT (where mangle POSTROUTING queues them)."""
+        orig, reply = session.tuples
+        inside = inside_view(orig, reply)
+        yield orig, session.orig
+        yield reply, session.reply
+        yield inside, session.orig
+        yield reverse(inside), session.reply
+
+    def _index(self, session: Session) -> None:
+        for key, stream in self._keys(session):
+            self._flows.setdefault(key, (session, stream))
 
     # ---- time ----------------------------------------------------------------------------
 
-    def next_deadline(self) -> float | None:
-        """When `tick` next has work to do (a hold to end), or None."""
-        if not self._holding:
-            return None
-        return min(h.hold_deadline for h in self._holding)
-
     def next_tick(self) -> float:
         """The earliest time `tick` has anything to do: a hold to end or the periodic sweep.
-        Calling it earlier is harmless, and skipping it until then keeps it off the per-packet
+        Calling it earlier is harmless; skipping it until then keeps it off the per-packet
         path."""
-        deadline = self.next_deadline()
-        return self._next_sweep if deadline is None else min(deadline, self._next_sweep)
+        deadlines = [
+            h.hold_deadline
+            for s in self._sessions.values()
+            for h in (s.orig, s.reply)
+            if h.hold_deadline is not None
+        ]
+        return min([self._next_sweep, *deadlines])
 
-    def tick(self, now: float) -> list[Action]:
-        out: list[Action] = []
-        for half in [h for h in self._holding if h.held is None or h.hold_deadline <= now]:
-            self._holding.discard(half)
-            if half.held is not None:
-                out += half.session.expire_hold(half, now)
+    def tick(self, now: float) -> list[Command]:
+        out: list[Command] = []
+        for session in list(self._sessions.values()):
+            if session.suspended is None and any(
+                h.hold_deadline is not None and h.hold_deadline <= now
+                for h in (session.orig, session.reply)
+            ):
+                self._drive(session, session.expire(now, session.outbox), None, now, out)
         if now >= self._next_sweep:
             self._next_sweep = now + _SWEEP_EVERY
             out += self._sweep(now)
         return out
 
-    def _sweep(self, now: float) -> list[Action]:
-        out: list[Action] = []
+    def _sweep(self, now: float) -> list[Command]:
+        out: list[Command] = []
         config = self.config
-        for session in list(self.sessions.values()):
+        for session in list(self._sessions.values()):
             if session.closing_at is not None and now - session.closing_at >= config.linger:
-                out += self._remove(session, "connection closed")
+                out += self._remove(session, "connection closed", now)
             elif now - session.last_seen >= config.idle_timeout:
-                out += self._remove(session, f"idle for {config.idle_timeout:g} s")
+                out += self._remove(session, f"idle for {config.idle_timeout:g} s", now)
             elif session.expect is not None and now >= session.expect_deadline:
-                self.ctx.count("expectation-expired")
+                self._ctx.count("expectation-expired")
                 session.expect = None
         return out
 
     # ---- lifetime ------------------------------------------------------------------------
 
     def forget(
-        self, key: FlowKey, reason: str = "conntrack destroyed the connection"
-    ) -> list[Action]:
-        """Drop the session of a flow (either direction's key) and undo what it left."""
-        half = self.flows.get(key)
-        return self._remove(half.session, reason) if half is not None else []
+        self, key: FlowKey, reason: str = "conntrack destroyed the connection", now: float = 0.0
+    ) -> list[Command]:
+        """Drop the session of a flow (any of its keys) and undo what it left."""
+        found = self._flows.get(key)
+        return self._remove(found[0], reason, now) if found is not None else []
 
-    def close(self) -> list[Action]:
-        """Shutting down: release every held packet and withdraw every expectation."""
-        out: list[Action] = []
-        for session in list(self.sessions.values()):
-            out += self._remove(session, "gateway stopping")
+    def close(self, now: float = 0.0) -> list[Command]:
+        """Shutting down: every queued packet gets its verdict, every expectation goes."""
+        out: list[Command] = []
+        for waiting in self._lookups.values():
+            out.extend(Accept(handle) for _, handle in waiting)
+        self._lookups.clear()
+        for session in list(self._sessions.values()):
+            out += self._remove(session, "gateway stopping", now)
         return out
 
-    def _remove(self, session: Session, reason: str = "replaced") -> list[Action]:
-        self.sessions.pop(session.id, None)
-        keys = [session.key, session.reply_key]
-        if session.reply_key is not None:
-            keys.append(inside_view(session.key, session.reply_key))
-        for key in keys:
-            if key is not None and self.flows.get(key) in (session.orig, session.reply):
-                del self.flows[key]
-        self._holding.discard(session.orig)
-        self._holding.discard(session.reply)
-        return session.end(reason)
+    def _remove(self, session: Session, reason: str, now: float) -> list[Command]:
+        self._sessions.pop(session.id, None)
+        for key, _ in self._keys(session):
+            found = self._flows.get(key)
+            if found is not None and found[0] is session:
+                del self._flows[key]
+        return session.end(reason, now)

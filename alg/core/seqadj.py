@@ -1,10 +1,17 @@
 """Sequence number adjustment for one direction of a connection whose payload was rewritten.
 
-Vocabulary of the kernel's `nf_conntrack_seqadj`: a correction has a position (in the
-sender's, ORIGINAL sequence space) and an offset before/after. Unlike the kernel, which keeps
-a single correction position per direction, every correction is kept until the receiver has
-acknowledged past it, so any number of rewrites may be in flight and any retransmission,
-however it is cut, is rewritten identically.
+Two models side by side, in the vocabulary of the kernel's `nf_conntrack_seqadj`:
+
+- `SeqAdjRecord` and its functions are the kernel's record: ONE correction per direction
+  (correction position, offset before, offset after). The kernel holds it in the conntrack
+  entry and shifts seq, ack and SACK of every packet with it (so it survives a restart of the
+  daemon and follows a failover through conntrackd). The core writes it and never holds any
+  other offset state of its own that the kernel does not also have.
+- `ExactMap` is the truth the far side must see: every correction kept until the receiver
+  has acknowledged past it, so a retransmission of an older rewritten segment, however it is
+  cut, is rewritten identically. Where the record alone would let a wrong number out, the
+  stream (alg.core.stream) pre-compensates the packet so that the kernel's shift lands it on
+  the exact number (`seq_for`, `ack_for`).
 
 The map m from the sender's positions to the receiver's is exact: bytes outside a rewritten
 span move by the sum of the deltas before them; a position inside a span of `old_len` bytes
@@ -14,6 +21,8 @@ the beginning of the new text and the next part the rest. All comparisons are mo
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 MASK = 0xFFFFFFFF
 _HALF = 1 << 31
@@ -42,13 +51,13 @@ class Correction:
         return (self.pos + self.old_len) & MASK
 
 
-class SeqAdj:
+class ExactMap:
     """The corrections of one direction: `base` is the offset of all acknowledged ones."""
 
     __slots__ = ("active", "base")
 
-    def __init__(self) -> None:
-        self.base = 0
+    def __init__(self, base: int = 0) -> None:
+        self.base = base
         self.active: list[Correction] = []
 
     @property
@@ -135,3 +144,55 @@ class SeqAdj:
         active = self.active
         while active and seq_diff(x, active[0].end) >= 0:
             self.base += active.pop(0).delta
+
+
+# ---- the kernel's record ---------------------------------------------------------------------
+
+
+def _after(a: int, b: int) -> bool:
+    """The kernel's after(): a is later than b on the 2**32 circle."""
+    return seq_diff(a, b) > 0
+
+
+def _u32(x: int) -> int:
+    return x & MASK
+
+
+class SeqAdjRecord(NamedTuple):
+    """struct nf_ct_seqadj: a packet whose seq is after `correction_pos` moves by
+    `offset_after`, any other by `offset_before` (offsets are signed)."""
+
+    correction_pos: int = 0
+    offset_before: int = 0
+    offset_after: int = 0
+
+    @property
+    def identity(self) -> bool:
+        return self.offset_before == 0 and self.offset_after == 0
+
+    def seq(self, seq: int) -> int:
+        """nf_ct_seq_adjust on the sender's seq."""
+        off = self.offset_after if _after(seq, self.correction_pos) else self.offset_before
+        return _u32(seq + off)
+
+    def ack(self, ack: int) -> int:
+        """nf_ct_seq_adjust on the receiver's ack (and nf_ct_sack_block_adjust on SACK edges)."""
+        if _after(ack - self.offset_before, self.correction_pos):
+            return _u32(ack - self.offset_after)
+        return _u32(ack - self.offset_before)
+
+    def seq_for(self, want: int) -> int | None:
+        """The seq to send so that the kernel's shift makes it `want` (None: impossible)."""
+        for off in (self.offset_before, self.offset_after):
+            seq = _u32(want - off)
+            if self.seq(seq) == want:
+                return seq
+        return None
+
+    def ack_for(self, want: int) -> int | None:
+        """The ack to send so that the kernel's shift makes it `want` (None: impossible)."""
+        for off in (self.offset_before, self.offset_after):
+            ack = _u32(want + off)
+            if self.ack(ack) == want:
+                return ack
+        return None

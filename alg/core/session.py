@@ -1,315 +1,482 @@
-"""One FTP control connection: its two directions and what flows through them.
+"""One control connection: its two streams, its protocol state, and what it asks the kernel.
 
-Each direction (`Half`) follows the sender's in-order stream: bytes up to `next_seq` have
-been seen, bytes up to `sent_upto` have left the gateway. New bytes are cut into lines and
-handed to `ftp` (the protocol rules); a rewrite becomes a correction in the direction's
-`SeqAdj`, which then shapes every packet of that direction (seq, payload) and of the other
-(ack, SACK).
-
-Split lines. No segment may leave carrying part of an address that will need changing, so
-when a segment ends in a partial line that may still become address-bearing ("PORT 10,7" or
-"22" while a PASV awaits its answer) the segment is held. Its continuation completes the
-line; the rewrite is decided; the held segments are released rewritten up to where they end
-and the continuation carries the rest (`SeqAdj.emit`). A hold ends within `hold_timeout` in
-every case: on expiry the held segments leave unchanged and, if the line then turns out to
-carry an address whose text already left, that rewrite is refused with a reason.
+`segment` is a generator (mitmproxy's layers): it appends commands to `out` and, when it
+needs the kernel to answer (`Reserve`: create an expectation, which port?), it yields the
+question and receives the answer, then goes on where it stopped. The gateway drives it.
 """
 
 from __future__ import annotations
 
-from alg.core import ftp
-from alg.core.context import Context
-from alg.core.events import (
-    ACCEPT,
-    Action,
+from collections.abc import Generator
+
+from alg.core.commands import (
+    Command,
+    DataExpectation,
     Dir,
     Drop,
-    Event,
-    Expectation,
     FlowKey,
-    Outcome,
-    Release,
-    Unexpect,
-    Verdict,
+    Handle,
+    Reserve,
+    Withdraw,
+    WriteSeqAdj,
 )
-from alg.core.lines import LineBuffer
-from alg.core.packet import ACK, FIN, RST, SYN, Segment, has_sack, rebuild
-from alg.core.seqadj import MASK, SeqAdj, seq_diff
-from alg.core.text import show_line
+from alg.core.context import Context
+from alg.core.grammar import format_span
+from alg.core.packet import ACK, FIN, RST, SYN, Segment
+from alg.core.policy import Plan, decide
+from alg.core.protocol import Address, Blind, Notice, Protocol, Refused, Signal, State
+from alg.core.reports import EventKind, Reason, Report
+from alg.core.seqadj import MASK, SeqAdjRecord, seq_diff
+from alg.core.stream import COALESCE_MAX, Held, Stream, verdict
+from alg.core.text import show_addr, show_line
 from alg.core.tls import TlsWalker
 
-Held = tuple[object, Segment, int]  # (handle, segment, its ack as mapped on arrival)
-
-
-class Half:
-    """One direction of the control connection, named by conntrack's direction."""
-
-    __slots__ = (
-        "adj",
-        "dir",
-        "fin",
-        "held",
-        "hold_deadline",
-        "lines",
-        "next_seq",
-        "peer",
-        "sent_upto",
-        "session",
-        "tls",
-    )
-
-    def __init__(self, session: Session, direction: Dir) -> None:
-        self.session = session
-        self.dir = direction
-        self.adj = SeqAdj()
-        self.lines = LineBuffer()
-        self.next_seq: int | None = None
-        self.sent_upto = 0
-        self.held: list[Held] | None = None
-        self.hold_deadline = 0.0
-        self.tls: TlsWalker | None = None
-        self.fin = False
-        self.peer: Half = self  # set by Session
-
-    def start(self, seq: int) -> None:
-        self.next_seq = self.sent_upto = seq & MASK
-        self.lines.reset(seq)
+Question = Reserve
+Work = Generator[Question, "int | None", None]
 
 
 class Session:
-    """State of one control connection, from its first packet until conntrack forgets it."""
+    """State of one control connection, from its first queued segment until conntrack
+    forgets it."""
 
     __slots__ = (
+        "busy",
         "closing_at",
         "ctx",
         "expect",
         "expect_deadline",
         "family",
-        "greeted",
         "id",
-        "key",
         "last_seen",
-        "multiline",
         "orig",
-        "pending",
+        "outbox",
+        "parked",
+        "protocol",
         "reply",
-        "reply_found",
-        "reply_key",
-        "tls_reported",
+        "suspended",
+        "tuples",
     )
 
-    def __init__(self, ctx: Context, key: FlowKey, family: int, now: float, greeted: bool):
+    def __init__(
+        self,
+        ctx: Context,
+        tuples: tuple[FlowKey, FlowKey],
+        family: int,
+        now: float,
+        records: tuple[SeqAdjRecord | None, SeqAdjRecord | None],
+        fresh: bool,
+    ) -> None:
         self.ctx = ctx
         self.id = ctx.next_id
         ctx.next_id += 1
-        self.key = key
-        self.reply_key: FlowKey | None = None
+        self.tuples = tuples  # conntrack's (original, reply): the NAT mapping
         self.family = family
-        self.orig = Half(self, Dir.ORIGINAL)
-        self.reply = Half(self, Dir.REPLY)
-        self.orig.peer, self.reply.peer = self.reply, self.orig
-        self.pending: list[bytes] | None = None  # verbs awaiting their replies
-        self.greeted = greeted  # the server's greeting has been seen (or we joined midway)
-        self.multiline: bytes | None = None  # code of the multi-line reply in progress
-        self.reply_found = False  # the reply in progress already had its address handled
-        self.expect: Expectation | None = None
+        config = ctx.config
+        self.protocol = Protocol(
+            State.GREETING if fresh else State.COMMANDS, config.max_pending, config.max_line
+        )
+        self.orig = Stream(Dir.ORIGINAL)
+        self.reply = Stream(Dir.REPLY)
+        for stream, record in zip((self.orig, self.reply), records, strict=True):
+            if record is not None and not record.identity:
+                stream.resume(record)
+        self.expect: DataExpectation | None = None
         self.expect_deadline = 0.0
         self.last_seen = now
         self.closing_at: float | None = None
-        self.tls_reported = False
+        self.suspended: Work | None = None  # waiting for an answer
+        self.busy: Handle | None = None  # the packet the suspended work is about
+        self.parked: list[tuple[Stream, Segment, Handle]] = []  # arrived meanwhile
+        self.outbox: list[Command] = []  # what running work has to say, collected by the gateway
 
     def __repr__(self) -> str:
         return f"session {self.id}"
 
-    # ---- packets -------------------------------------------------------------------------
+    def peer(self, stream: Stream) -> Stream:
+        return self.reply if stream is self.orig else self.orig
 
-    def segment(self, half: Half, seg: Segment, handle: object, now: float) -> Outcome:
+    def report(self, out: list[Command], report: Report) -> None:
+        self.ctx.report(out, report)
+
+    # ---- segments ------------------------------------------------------------------------
+
+    def segment(
+        self, half: Stream, seg: Segment, handle: Handle, now: float, out: list[Command]
+    ) -> Work:
         self.last_seen = now
-        other = half.peer
+        other = self.peer(half)
         flags = seg.flags
-        ack = seg.ack
-        if flags & ACK and not other.adj.identity:
-            ack = other.adj.to_in(ack)
-            if other.next_seq is not None and seq_diff(ack, other.next_seq) <= 0:
-                other.adj.acked(ack)
+        ack = None
+        if flags & ACK:
+            ack = other.true_ack(seg.ack)
+            other.note_ack(ack)
+            if other.held and other.record_end is None:
+                self.drain(other, now, out)  # a rewrite waiting for this ack may go now
         if flags & SYN:
             half.start(seg.seq + 1)
         if flags & (FIN | RST):
-            self._closing(half, flags, now)
+            half.fin = half.fin or bool(flags & FIN)
+            if (flags & RST or (half.fin and other.fin)) and self.closing_at is None:
+                self.closing_at = now
         if seg.end == seg.poff or flags & (SYN | RST):
-            data = self._build(half, seg, ack, None)
-            return ACCEPT if data is None else Outcome(Verdict.ACCEPT, data)
-        return self._data(half, seg, handle, ack, now)
+            out.append(verdict(handle, half.build(other, seg, seg.seq, None, ack, self.ctx.config)))
+            return
+        yield from self._data(half, seg, handle, ack, now, out)
 
-    def _closing(self, half: Half, flags: int, now: float) -> None:
-        if flags & FIN:
-            half.fin = True
-        if (flags & RST or (half.fin and half.peer.fin)) and self.closing_at is None:
-            self.closing_at = now
-
-    def _data(self, half: Half, seg: Segment, handle: object, ack: int, now: float) -> Outcome:
+    def _data(
+        self, half: Stream, seg: Segment, handle: Handle, ack: int | None, now: float,
+        out: list[Command],
+    ) -> Work:
+        config = self.ctx.config
         seq, length = seg.seq, seg.end - seg.poff
-        out: list[Action] = []
         if half.next_seq is None:
-            half.start(seq)  # joined an established connection: assume a line starts here
-        rel = seq_diff(seq, half.next_seq)  # type: ignore[arg-type]
+            half.start(seq)  # met mid-stream: assume a line starts here
+        assert half.next_seq is not None
+        rel = seq_diff(seq, half.next_seq)
         if rel > 0:
-            self._gap(half, seq, rel, out)
+            if len(half.ooo) < config.max_held:
+                half.ooo[seq] = (handle, seg, ack)
+                if half.hold_deadline is None:
+                    half.hold_deadline = now + config.hold_timeout
+                self.ctx.count("held.out-of-order")
+                return
+            self._gap(half, seq, rel, now, out)
             rel = 0
         if rel + length <= 0:  # nothing new: a retransmission
-            if half.held and seq_diff(seq + length, half.sent_upto) > 0:
+            if half.held and seq_diff(seq + length, half.held[0].seq) > 0:
                 self.ctx.count("held.retransmission-dropped")
-                return Outcome(Verdict.DROP)
-            data = self._build(half, seg, ack, seg.payload)
-            return _outcome(data, out)
+                out.append(Drop(handle))
+                return
+            built = half.build(self.peer(half), seg, seq, None, ack, config)
+            if not isinstance(built, bytes | None):
+                self.ctx.count("retransmission-unplaceable")
+            out.append(verdict(handle, built))
+            return
         start = half.next_seq
-        new = seg.data[seg.poff - rel : seg.end] if rel < 0 else seg.payload
+        new = seg.payload[-rel:] if rel < 0 else seg.payload
         half.next_seq = (seq + length) & MASK
-        self._read(half, new, start, now, out)  # type: ignore[arg-type]
+        self.busy = handle
+        yield from self._read(half, new, start, now, out)
+        self.busy = None
+        half.held.append(Held(handle, seg, start, new, ack))
         if self._may_hold(half):
-            return self._hold(half, seg, handle, ack, now, out)
-        self._release(half, out, seg)
-        half.sent_upto = half.next_seq
-        data = self._build(half, seg, ack, seg.payload)
-        return _outcome(data, out)
+            if not half.line_hold:
+                half.line_hold, half.hold_line = True, half.lines.start
+                if half.hold_deadline is None:
+                    half.hold_deadline = now + config.hold_timeout
+            self.ctx.count("held")
+            return
+        if half.line_hold:
+            half.line_hold = False
+            self._coalesce(half, out)
+        self.drain(half, now, out)
+        if half.ooo:
+            yield from self._in_order(half, now, out)
 
-    def _gap(self, half: Half, seq: int, missing: int, out: list[Action]) -> None:
+    def _may_hold(self, half: Stream) -> bool:
+        partial = half.lines.partial
+        if not partial or half.lines.overflow or half.tls is not None:
+            return False
+        if not self.protocol.may_carry_address(half is self.orig, partial):
+            return False
+        room = half.held_bytes + self.ctx.config.max_line - len(partial)
+        if len(half.held) > self.ctx.config.max_held or room > COALESCE_MAX:
+            # Too much to coalesce into one segment: let it go; should the line carry an
+            # address after all, its rewrite is refused (split-released).
+            self.ctx.count("held.too-large")
+            return False
+        return True
+
+    def _coalesce(self, half: Stream, out: list[Command]) -> None:
+        """The line that was split is complete: its segments leave as ONE segment (built
+        from the newest packet), so the kernel's record can shift it as a whole."""
+        held = half.held
+        first = next(
+            (i for i, h in enumerate(held) if seq_diff(h.seq + len(h.data), half.hold_line) > 0),
+            len(held),
+        )
+        group = held[first:]
+        if len(group) < 2 or sum(len(h.data) for h in group) > COALESCE_MAX:
+            return
+        last = group[-1]
+        merged = Held(last.handle, last.seg, group[0].seq, b"".join(h.data for h in group), last.ack)
+        out.extend(Drop(h.handle) for h in group[:-1])
+        held[first:] = [merged]
+        self.ctx.count("held.coalesced", len(group) - 1)
+
+    def drain(self, half: Stream, now: float, out: list[Command], force: bool = False) -> None:
+        """Let held segments go, oldest first, each after the record it needs. A segment
+        whose record would replace one the receiver has not acknowledged yet waits (until
+        `force`, at the hold deadline)."""
+        config, other = self.ctx.config, self.peer(half)
+        while half.held:
+            item = half.held[0]
+            end = (item.seq + len(item.data)) & MASK
+            if half.line_hold and not force and seq_diff(end, half.hold_line) > 0:
+                break  # the split line's segments wait for the rest of it
+            record = half.record_for(item.seq, end)
+            if record is not None:
+                if not half.may_replace_record() and not force:
+                    if half.hold_deadline is None:
+                        half.hold_deadline = now + config.hold_timeout
+                    break
+                if not half.may_replace_record():
+                    self.ctx.count("seqadj-replaced-unacknowledged")
+                out.append(WriteSeqAdj(self.tuples[0], half.dir, record))
+                half.record, half.record_end = record, end
+            built = half.build(other, item.seg, item.seq, item.data, item.ack, config)
+            out.append(verdict(item.handle, built))
+            half.sent_upto = end
+            del half.held[0]
+        if not half.held:
+            half.line_hold = False
+            if not half.ooo:
+                half.hold_deadline = None
+
+    def _in_order(self, half: Stream, now: float, out: list[Command]) -> Work:
+        """Out-of-order segments whose turn has come, in sequence order."""
+        while half.ooo and not half.held:
+            assert half.next_seq is not None
+            seq = min(half.ooo, key=lambda s: seq_diff(s, half.next_seq or 0))
+            if seq_diff(seq, half.next_seq) > 0:
+                return
+            handle, seg, ack = half.ooo.pop(seq)
+            yield from self._data(half, seg, handle, ack, now, out)
+
+    def _gap(self, half: Stream, seq: int, missing: int, now: float, out: list[Command]) -> None:
         """Bytes before `seq` were never seen (lost before us, or not captured): resync."""
-        self._release(half, out)
-        self.ctx.event(
+        self.drain(half, now, out, force=True)
+        self.report(
             out,
-            Event(
-                "gap",
+            Report(
+                EventKind.GAP,
                 self.id,
                 f"{missing} bytes of the {half.dir.name} stream never seen; "
                 "reading resumes at this segment",
             ),
         )
         half.start(seq)
-        self.multiline = None if half.dir is Dir.REPLY else self.multiline
 
-    def _read(self, half: Half, new: bytes, start: int, now: float, out: list[Action]) -> None:
+    def expire(self, now: float, out: list[Command]) -> Work:
+        """Hold deadlines: a split line's segments leave as they are, a rewrite waiting for
+        an acknowledgement replaces the record anyway, a hole in the stream becomes a gap."""
+        for half in (self.orig, self.reply):
+            if half.hold_deadline is None or half.hold_deadline > now:
+                continue
+            half.hold_deadline = None
+            if half.held:
+                what = (
+                    f"line '{show_line(half.lines.partial, 80)}' still incomplete"
+                    if half.line_hold
+                    else "a rewrite still waiting for the previous one's acknowledgement"
+                )
+                self.report(
+                    out,
+                    Report(
+                        EventKind.HOLD_TIMEOUT,
+                        self.id,
+                        f"{half.dir.name} {what} after {self.ctx.config.hold_timeout:g} s: "
+                        "its segments leave",
+                    ),
+                )
+                self.drain(half, now, out, force=True)
+            if half.ooo:
+                first = min(half.ooo, key=lambda s: seq_diff(s, half.next_seq or 0))
+                self._gap(half, first, seq_diff(first, half.next_seq or first), now, out)
+                yield from self._in_order(half, now, out)
+
+    # ---- lines ---------------------------------------------------------------------------
+
+    def _read(self, half: Stream, new: bytes, start: int, now: float, out: list[Command]) -> Work:
         if half.tls is not None:
             idx = half.tls.feed(new)
             if idx < 0:
                 return
             half.tls = None
             half.lines.reset(start + idx)
-            self.ctx.event(
+            self.protocol.signal(Signal.CLEAR_TEXT)
+            self.report(
                 out,
-                Event(
-                    "clear", self.id, f"{half.dir.name} stream back in clear text after TLS (CCC)"
+                Report(
+                    EventKind.CLEAR,
+                    self.id,
+                    f"{half.dir.name} stream back in clear text after TLS: "
+                    f"'{show_line(new[idx : idx + 60], 60)}'",
                 ),
             )
             new, start = new[idx:], start + idx
-        max_line = self.ctx.config.max_line
-        for line, line_start, overflow in half.lines.feed(new, start, max_line):
+        config = self.ctx.config
+        from_client = half is self.orig
+        for line, line_start, overflow in half.lines.feed(new, start, config.max_line):
             if half.tls is not None:
                 break  # AUTH TLS took effect inside this segment: the rest is TLS
-            ftp.on_line(self, half, line, line_start, overflow, now, out)
+            if from_client:
+                meaning = self.protocol.command(line, overflow)
+            else:
+                meaning = self.protocol.reply(line, overflow)
+            if meaning is None:
+                continue
+            if isinstance(meaning, Address):
+                yield from self._address(half, meaning, line_start, now, out)
+            elif isinstance(meaning, Refused):
+                self._refuse(out, meaning)
+            elif isinstance(meaning, Notice):
+                self.report(out, Report(meaning.kind, self.id, meaning.message))
+            elif isinstance(meaning, Blind):
+                self._go_blind(out)
         if half.tls is not None and half.lines.partial:
             half.lines.reset(0)
 
-    def _may_hold(self, half: Half) -> bool:
-        partial = half.lines.partial
-        if not partial or half.lines.overflow or half.tls is not None:
-            return False
-        return ftp.may_carry_address(self, half, partial)
-
-    def _hold(
-        self, half: Half, seg: Segment, handle: object, ack: int, now: float, out: list[Action]
-    ) -> Outcome:
-        if half.held is None:
-            half.held = []
-            half.hold_deadline = now + self.ctx.config.hold_timeout
-        elif len(half.held) >= self.ctx.config.max_held:
-            self.ctx.event(
-                out,
-                Event(
-                    "hold-limit", self.id, f"{len(half.held)} segments held for one line: released"
-                ),
-            )
-            self._release(half, out, seg)
-            half.sent_upto = half.next_seq  # type: ignore[assignment]
-            return _outcome(self._build(half, seg, ack, seg.payload), out)
-        half.held.append((handle, seg, ack))
-        self.ctx.count("held")
-        return Outcome(Verdict.HOLD, None, tuple(out))
-
-    def _release(self, half: Half, out: list[Action], covering: Segment | None = None) -> None:
-        """Let every held segment of `half` go, rewritten as far as the lines are known."""
-        if not half.held:
-            half.held = None
-            return
-        for handle, seg, ack in half.held:
-            if covering is not None and _covers(covering, seg):
-                out.append(Drop(handle))  # a retransmission carries all of it again
-            else:
-                out.append(Release(handle, self._build(half, seg, ack, seg.payload)))
-        half.held = None
-        half.sent_upto = half.next_seq  # type: ignore[assignment]
-
-    def expire_hold(self, half: Half, now: float) -> list[Action]:
-        out: list[Action] = []
-        self.ctx.event(
+    def _refuse(self, out: list[Command], refused: Refused) -> None:
+        self.report(
             out,
-            Event(
-                "hold-timeout",
+            Report(
+                EventKind.REFUSAL,
                 self.id,
-                f"{half.dir.name} line '{show_line(half.lines.partial, 80)}' still incomplete "
-                f"after {self.ctx.config.hold_timeout:g} s: its segments leave unchanged",
+                refused.message,
+                refused.reason,
+                before=show_line(refused.line),
             ),
         )
-        self._release(half, out)
-        return out
 
-    def _build(self, half: Half, seg: Segment, ack: int, payload: bytes | None) -> bytes | None:
-        """The packet as it leaves, or None when it leaves unchanged."""
-        adj, other = half.adj, half.peer.adj
-        seq = seg.seq
-        new_payload = None
-        if not adj.identity:
-            seq = adj.to_out(seq)
-            if payload is not None and adj.active:
-                emitted = adj.emit(seg.seq, payload)
-                if emitted is not payload:
-                    new_payload = emitted
-        sack = other.sack if not other.identity and has_sack(seg) else None
-        full = self.ctx.config.full_checksum
-        if seq == seg.seq and ack == seg.ack and new_payload is None and sack is None and not full:
-            return None
-        return rebuild(seg, seq, ack, new_payload, sack, full)
+    def _go_blind(self, out: list[Command]) -> None:
+        for half in (self.orig, self.reply):
+            half.tls = TlsWalker()
+            half.lines.reset(0)
+        self.report(
+            out,
+            Report(
+                EventKind.BLIND,
+                self.id,
+                "AUTH TLS accepted (234): the control connection is encrypted from "
+                "here on; PORT/PASV cannot be seen or rewritten until the client sends CCC "
+                "(active mode behind NAT will fail; passive works only if the server names its "
+                "public address)",
+            ),
+        )
+
+    # ---- addresses -----------------------------------------------------------------------
+
+    def _address(
+        self, half: Stream, address: Address, line_start: int, now: float, out: list[Command]
+    ) -> Work:
+        """Policy, then the expectation and the rewrite of one address-bearing line."""
+        hp, line = address
+        config = self.ctx.config
+        plan = decide(hp, line, half is self.orig, self.id, self.family, self.tuples, config)
+        if isinstance(plan, Refused):
+            self._refuse(out, plan)
+            return
+        if isinstance(plan, Notice):
+            self.report(out, Report(plan.kind, self.id, plan.message, before=show_line(line)))
+            return
+        what = hp.kind.value
+        span = (line_start + hp.start) & MASK
+        if not plan.fixed:
+            if len(half.exact.active) >= config.max_corrections:
+                self._refuse(
+                    out,
+                    Refused(
+                        Reason.TOO_MANY_REWRITES,
+                        f"{what}: {len(half.exact.active)} rewrites not yet acknowledged",
+                        line,
+                    ),
+                )
+                return
+            if seq_diff(span, half.sent_upto) < 0:
+                self._refuse(
+                    out,
+                    Refused(
+                        Reason.SPLIT_RELEASED,
+                        f"{what}: part of the address already left the gateway unchanged "
+                        "(hold timed out)",
+                        line,
+                    ),
+                )
+                return
+        old_exp = self.expect
+        if old_exp is not None:
+            out.append(Withdraw(old_exp))  # at most one outstanding per session: newest wins
+            self.expect = None
+        port = yield Reserve(plan.proposal, plan.fixed)
+        if port is None:
+            self._refuse(
+                out, Refused(Reason.NO_PORT, f"{what}: no outside port could be reserved", line)
+            )
+            return
+        exp = plan.proposal._replace(outside_port=port)
+        self.expect, self.expect_deadline = exp, now + exp.timeout
+        self._rewrite(half, plan, exp, address, span, out)
+
+    def _rewrite(
+        self,
+        half: Stream,
+        plan: Plan,
+        exp: DataExpectation,
+        address: Address,
+        span: int,
+        out: list[Command],
+    ) -> None:
+        hp, line = address
+        what = hp.kind.value
+        old = line[hp.start : hp.end]
+        new = old if plan.fixed else format_span(hp, plan.announce, exp.outside_port)
+        if new == old:
+            self.report(
+                out,
+                Report(
+                    EventKind.FORWARD,
+                    self.id,
+                    f"{what} port {exp.outside_port}: text unchanged, data connection sent on "
+                    f"to {show_addr(exp.inside)}",
+                    before=show_line(line),
+                ),
+            )
+            return
+        half.exact.add(span, len(old), new)
+        after = line[: hp.start] + new + line[hp.end :]
+        self.report(
+            out,
+            Report(
+                EventKind.REWRITE,
+                self.id,
+                f"{what} {show_addr(exp.inside)}:{hp.port} -> {show_addr(exp.outside)}:"
+                f"{exp.outside_port} (delta {len(new) - len(old):+d})",
+                before=show_line(line),
+                after=show_line(after),
+            ),
+        )
 
     # ---- lifetime ------------------------------------------------------------------------
 
-    def end(self, reason: str) -> list[Action]:
-        """Forget the session: held segments go, the outstanding expectation is withdrawn."""
-        out: list[Action] = []
+    def end(self, reason: str, now: float) -> list[Command]:
+        """Forget the session: every queued packet it holds gets its verdict, the
+        outstanding expectation is withdrawn."""
+        out: list[Command] = []
+        if self.suspended is not None:
+            self.suspended.close()
+            self.suspended = None
+        if self.busy is not None:
+            out.append(verdict(self.busy, None))
+            self.busy = None
+        for _, _, handle in self.parked:
+            out.append(verdict(handle, None))
+        self.parked.clear()
         for half in (self.orig, self.reply):
-            self._release(half, out)
+            self.drain(half, now, out, force=True)
+            for handle, _, _ in half.ooo.values():
+                out.append(verdict(handle, None))
+            half.ooo.clear()
         if self.expect is not None:
-            out.append(Unexpect(self.expect))
+            out.append(Withdraw(self.expect))
             self.expect = None
-        self.ctx.event(
+        self.report(
             out,
-            Event(
-                "session-end",
+            Report(
+                EventKind.SESSION_END,
                 self.id,
-                f"{reason}; seq offsets ORIGINAL {self.orig.adj.offset:+d}, "
-                f"REPLY {self.reply.adj.offset:+d}",
+                f"{reason}; seq offsets ORIGINAL {self.orig.exact.offset:+d}, "
+                f"REPLY {self.reply.exact.offset:+d}",
             ),
         )
         return out
-
-
-def _covers(seg: Segment, inner: Segment) -> bool:
-    return (
-        seq_diff(inner.seq, seg.seq) >= 0
-        and seq_diff(seg.seq + (seg.end - seg.poff), inner.seq + (inner.end - inner.poff)) >= 0
-    )
-
-
-def _outcome(data: bytes | None, out: list[Action]) -> Outcome:
-    if data is None and not out:
-        return ACCEPT
-    return Outcome(Verdict.ACCEPT, data, tuple(out))

@@ -1,0 +1,246 @@
+"""The FTP control protocol as the gateway follows it: states, a transition table, and what
+each line means. No bytes, sequence numbers or packets here: lines in, decisions out.
+
+Theory of operation
+-------------------
+Commands travel in conntrack's ORIGINAL direction (client to server), replies in REPLY.
+RFC 959 pairs them in order: every command waits in `pending` until a reply answers it. A
+reply whose code starts with 1 is preliminary (RFC 959 4.2) and answers nothing; a final one
+answers the oldest waiting command. A multi-line reply ("227-" ... "227 ") counts once, when
+it ends, and its address may stand in any of its lines.
+
+An address-bearing line is acted on when:
+- a client sends PORT, EPRT or LPRT (RFC 959 4.1.2, RFC 2428 2, RFC 1639 2): always;
+- a server sends 227, 228 or 229 (RFC 959 4.1.2, RFC 1639, RFC 2428 3): only as the answer to
+  a PASV, LPSV or EPSV this client is waiting on. Replies before it that were lost (pipelined
+  commands whose answers the gateway never saw) are skipped; an unsolicited one is refused.
+Acting on a line (policy, expectation, rewrite) is the session's job; this module only says
+which lines qualify, and refuses the unreadable ones with a reason.
+
+TLS. "AUTH TLS" answered by 234 (RFC 4217 4) makes the connection BLIND: both directions
+carry TLS records and no address can be read or rewritten. RFC 4217 12.3's CCC ends TLS
+inside the encrypted stream; the gateway notices only that clear text resumes where the next
+record header should be (alg.core.tls), and goes back to COMMANDS with no pending commands.
+RFC 2228's ENC/MIC/CONF commands wrap commands in encoding the gateway cannot read: noted once.
+
+States (one per session)
+
+    GREETING  --final reply-->      COMMANDS   (the server's 220 answers no command)
+    COMMANDS  --234 to AUTH-->      BLIND
+    BLIND     --clear text-->       COMMANDS
+
+A session joined mid-stream (after a restart or failover) starts in COMMANDS.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import NamedTuple
+
+from alg.core.grammar import HostPort, Malformed, parse_command, parse_reply
+from alg.core.reports import EventKind, Reason
+
+
+class State(Enum):
+    GREETING = "greeting"
+    COMMANDS = "commands"
+    BLIND = "blind"
+
+
+class Signal(Enum):
+    GREETED = "a final reply before any command"
+    AUTH_ACCEPTED = "234 answering AUTH"
+    CLEAR_TEXT = "clear text after TLS records"
+
+
+TRANSITIONS: dict[tuple[State, Signal], State] = {
+    (State.GREETING, Signal.GREETED): State.COMMANDS,
+    (State.COMMANDS, Signal.AUTH_ACCEPTED): State.BLIND,
+    (State.BLIND, Signal.CLEAR_TEXT): State.COMMANDS,
+}
+
+ADDRESS_VERBS = (b"PORT", b"EPRT", b"LPRT")
+# RFC 959 4.1.2 (PASV -> 227), RFC 1639 (LPSV -> 228), RFC 2428 3 (EPSV -> 229).
+PASSIVE = {b"227": b"PASV", b"228": b"LPSV", b"229": b"EPSV"}
+_PASSIVE_VERBS = frozenset(PASSIVE.values())
+# RFC 2228 protected commands: their content is encoded, so no address can be read there.
+_PROTECTED = frozenset((b"ENC", b"MIC", b"CONF"))
+
+
+# ---- what a line means -----------------------------------------------------------------------
+
+
+class Address(NamedTuple):
+    """An address-bearing line the session must act on."""
+
+    hp: HostPort
+    line: bytes
+
+
+class Refused(NamedTuple):
+    """An address-bearing line that cannot be acted on, and why."""
+
+    reason: Reason
+    message: str
+    line: bytes
+
+
+class Notice(NamedTuple):
+    """Something worth a log line that changes nothing."""
+
+    kind: EventKind
+    message: str
+
+
+class Blind(NamedTuple):
+    """AUTH TLS was accepted: from the next byte on, both directions are TLS records."""
+
+
+Meaning = Address | Refused | Notice | Blind | None
+
+
+def verb_of(line: bytes) -> bytes:
+    head = line[:8]
+    for i, byte in enumerate(head):
+        if byte in b" \t\r\n":
+            return head[:i].upper()
+    return head.upper()
+
+
+class Protocol:
+    """One control connection's protocol state: the state, the commands awaiting replies,
+    and the multi-line reply in progress."""
+
+    __slots__ = ("_handled", "_limits", "_multiline", "_noted_protected", "pending", "state")
+
+    def __init__(self, state: State, max_pending: int, max_line: int) -> None:
+        self.state = state
+        self.pending: list[bytes] = []  # verbs awaiting their replies, oldest first
+        self._multiline: bytes | None = None  # code of the multi-line reply in progress
+        self._handled = False  # the reply in progress had its address acted on (or refused)
+        self._noted_protected = False
+        self._limits = (max_pending, max_line)
+
+    def signal(self, signal: Signal) -> None:
+        self.state = TRANSITIONS.get((self.state, signal), self.state)
+        if signal is Signal.CLEAR_TEXT:
+            self.pending.clear()
+            self._multiline = None
+
+    # ---- commands (ORIGINAL) -----------------------------------------------------------------
+
+    def command(self, line: bytes, overflow: bool) -> Meaning:
+        max_pending, max_line = self._limits
+        verb = verb_of(line)
+        if len(self.pending) >= max_pending:
+            del self.pending[0]
+        self.pending.append(verb)
+        if verb in ADDRESS_VERBS:
+            name = verb.decode()
+            if overflow:
+                return Refused(
+                    Reason.LINE_TOO_LONG, f"{name} line over {max_line} bytes: not parsed", line
+                )
+            if b"\0" in line:
+                return Refused(Reason.NUL, f"{name} line holds a NUL byte: not parsed", line)
+            try:
+                hp = parse_command(line)
+            except Malformed as exc:
+                return Refused(Reason.MALFORMED, f"{name} malformed: {exc}", line)
+            return None if hp is None else Address(hp, line)
+        if overflow:
+            return Notice(EventKind.LONG_LINE, f"line over {max_line} bytes: not parsed")
+        if verb in _PROTECTED and not self._noted_protected:
+            self._noted_protected = True
+            return Notice(
+                EventKind.PROTECTED,
+                f"{verb.decode()} (RFC 2228): commands are encoded from here; "
+                "addresses inside them cannot be rewritten",
+            )
+        return None
+
+    # ---- replies (REPLY) ---------------------------------------------------------------------
+
+    def reply(self, line: bytes, overflow: bool) -> Meaning:
+        code = line[:3]
+        if self._multiline is not None:  # RFC 959 4.2: continue until "<code><SP>"
+            open_code = self._multiline
+            final = code == open_code and line[3:4] == b" "
+            if final:
+                self._multiline = None
+            if open_code in PASSIVE and not self._handled:
+                return self._passive(open_code, line, overflow, final)
+            return None
+        if len(code) < 3 or not code.isdigit():
+            return None
+        final = line[3:4] != b"-"
+        if not final:
+            self._multiline = code
+        answered = self._answer(code)
+        self._handled = True
+        if code in PASSIVE:
+            if answered != PASSIVE[code]:
+                return Refused(
+                    Reason.UNSOLICITED,
+                    f"{code.decode()} answers no {PASSIVE[code].decode()} of this client",
+                    line,
+                )
+            self._handled = False
+            return self._passive(code, line, overflow, final)
+        if code == b"234" and answered == b"AUTH":
+            self.signal(Signal.AUTH_ACCEPTED)
+            self._multiline = None
+            return Blind()
+        return None
+
+    def _answer(self, code: bytes) -> bytes | None:
+        """The command this reply answers (popped), None for preliminary or unmatched ones."""
+        if code[:1] == b"1":
+            return None
+        if self.state is State.GREETING:
+            self.signal(Signal.GREETED)
+            return None
+        pending = self.pending
+        if not pending:
+            return None
+        want = PASSIVE.get(code)
+        if want is None:
+            return pending.pop(0)
+        if want not in pending:
+            return None
+        del pending[: pending.index(want) + 1]  # replies to the commands before it were lost
+        return want
+
+    def _passive(self, code: bytes, line: bytes, overflow: bool, final: bool) -> Meaning:
+        name = code.decode()
+        if overflow or b"\0" in line:
+            if not final:
+                return None  # the address may stand in a later line of the reply
+            self._handled = True
+            reason = Reason.LINE_TOO_LONG if overflow else Reason.NUL
+            return Refused(reason, f"{name} line unreadable: not parsed", line)
+        try:
+            hp = parse_reply(code, line)
+        except Malformed as exc:
+            if not final:
+                return None
+            self._handled = True
+            return Refused(Reason.MALFORMED, f"{name} malformed: {exc}", line)
+        self._handled = True
+        return Address(hp, line)
+
+    # ---- split lines ---------------------------------------------------------------------
+
+    def may_carry_address(self, from_client: bool, partial: bytes) -> bool:
+        """Could this incomplete line still become one whose address needs rewriting?"""
+        if self.state is State.BLIND:
+            return False
+        if from_client:
+            head = partial[:4].upper()
+            return any(v.startswith(head) for v in ADDRESS_VERBS)
+        if self._multiline is not None:
+            return self._multiline in PASSIVE and not self._handled
+        if _PASSIVE_VERBS.isdisjoint(self.pending):
+            return False
+        head = partial[:3]
+        return any(code.startswith(head) for code in PASSIVE)

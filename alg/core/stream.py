@@ -1,0 +1,196 @@
+"""One direction of a control connection as bytes: order, lines, holds and sequence numbers.
+
+The kernel holds the offsets. Every length-changing rewrite becomes the direction's seqadj
+record (`WriteSeqAdj`, carried out before the verdict of the segment that carries it); the
+kernel then shifts seq, ack and SACK of every later packet, queued or not, and pure ACKs
+never leave it. The stream keeps the exact map beside the record and touches a packet only
+where the record alone would let a wrong number out:
+
+- a segment carrying a rewrite leaves with its new payload, after its record is written;
+- a second rewrite waits (bounded by `hold_timeout`) until the receiver has acknowledged the
+  segment of the first, since the kernel keeps one correction per direction and would map
+  the receiver's older ACKs wrongly once it is replaced;
+- a line split over several segments is coalesced into one segment (no record can shift two
+  halves of one rewritten span differently), when the result stays small enough;
+- a retransmission of older data, and an ACK or SACK edge the record would map wrongly, is
+  pre-compensated: given the number the kernel will produce from it, the right one.
+Held segments always end in a verdict: released, coalesced (the others dropped), or, at
+`hold_timeout`, let go as they are.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import NamedTuple
+
+from alg.core.commands import Accept, Command, Dir, Drop, Handle
+from alg.core.config import Config
+from alg.core.lines import LineBuffer
+from alg.core.packet import Segment, has_sack, rebuild
+from alg.core.seqadj import MASK, ExactMap, SeqAdjRecord, seq_diff
+from alg.core.tls import TlsWalker
+
+# Largest payload a coalesced segment may carry: the TCP payload of a 1280-byte IPv6 packet
+# (the smallest MTU IPv6 allows), so it fits any path the parts came through.
+COALESCE_MAX = 1220
+
+
+class Placement(Enum):
+    UNPLACEABLE = "the kernel's record cannot land this segment where it belongs"
+
+
+class Held(NamedTuple):
+    """A segment of new bytes that has not left yet: [seq, seq + len(data))."""
+
+    handle: Handle
+    seg: Segment
+    seq: int
+    data: bytes
+    ack: int | None  # its ack as the sender means it (mapped back on arrival)
+
+
+class Stream:
+    """The bytes one side sends, as they cross the gateway."""
+
+    __slots__ = (
+        "acked",
+        "dir",
+        "exact",
+        "fin",
+        "held",
+        "hold_deadline",
+        "hold_line",
+        "horizon",
+        "line_hold",
+        "lines",
+        "next_seq",
+        "ooo",
+        "record",
+        "record_end",
+        "sent_upto",
+        "tls",
+    )
+
+    def __init__(self, direction: Dir) -> None:
+        self.dir = direction
+        self.exact = ExactMap()
+        self.record = SeqAdjRecord()  # the kernel's record, as last written or read
+        self.record_end: int | None = None  # end of the segment that set it, until acked
+        self.acked: int | None = None  # the receiver has every byte before this
+        self.lines = LineBuffer()
+        self.next_seq: int | None = None
+        self.horizon = 0  # the first byte this session saw: older ones are the kernel's
+        self.sent_upto = 0
+        self.held: list[Held] = []
+        self.line_hold = False  # the last held bytes end in a possibly address-bearing line
+        self.hold_line = 0  # where that line starts
+        self.hold_deadline: float | None = None
+        # Out-of-order segments by seq, with their acks as the sender means them.
+        self.ooo: dict[int, tuple[Handle, Segment, int | None]] = {}
+        self.tls: TlsWalker | None = None
+        self.fin = False
+
+    def start(self, seq: int) -> None:
+        self.next_seq = self.sent_upto = self.horizon = seq & MASK
+        self.lines.reset(seq)
+
+    def resume(self, record: SeqAdjRecord) -> None:
+        """Take over the kernel's record of a connection met mid-stream: every byte from
+        here on moves by its offset after, as the kernel has been moving them."""
+        self.record = record
+        self.exact = ExactMap(record.offset_after)
+        self.record_end = None
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(len(h.data) for h in self.held)
+
+    # ---- acknowledgements ----------------------------------------------------------------
+
+    def true_ack(self, ack: int) -> int:
+        """What the receiver's `ack` acknowledges in this stream's (sender's) numbering."""
+        return ack if self.exact.identity else self.exact.to_in(ack)
+
+    def note_ack(self, true_ack: int) -> None:
+        if self.next_seq is not None and seq_diff(true_ack, self.next_seq) > 0:
+            return  # acknowledges bytes never seen: not from this connection's present
+        if self.acked is None or seq_diff(true_ack, self.acked) > 0:
+            self.acked = true_ack
+        self.exact.acked(true_ack)
+        if self.record_end is not None and seq_diff(true_ack, self.record_end) >= 0:
+            self.record_end = None
+
+    def ack_out(self, true_ack: int) -> int:
+        """The ack to send so that the kernel's shift gives the sender `true_ack`."""
+        fixed = self.record.ack_for(true_ack)
+        return true_ack if fixed is None else fixed
+
+    def sack_out(self, left: int, right: int) -> tuple[int, int]:
+        exact = self.exact
+        lo = left if exact.identity else exact.to_in_left(left)
+        hi = right if exact.identity else exact.to_in(right)
+        return self.ack_out(lo), self.ack_out(hi)
+
+    # ---- records -------------------------------------------------------------------------
+
+    def record_for(self, seq: int, end: int) -> SeqAdjRecord | None:
+        """The record that lands [seq, end) and every later byte where the exact map says,
+        or None when the current one already does."""
+        exact, cur = self.exact, self.record
+        want = exact.to_out(seq)
+        after = seq_diff(exact.to_out(end), end)
+        cur_after = cur.offset_after if seq_diff(end, cur.correction_pos) > 0 else cur.offset_before
+        if cur.seq(seq) == want and cur_after == after:
+            return None
+        return SeqAdjRecord(seq & MASK, seq_diff(want, seq), after)
+
+    def may_replace_record(self) -> bool:
+        """Replacing the record is safe once the receiver acknowledged the segment that set
+        it: no ACK the new one would map wrongly can come any more."""
+        return self.record.identity or self.record_end is None
+
+    # ---- building the packet that leaves -------------------------------------------------
+
+    def build(
+        self,
+        peer: Stream,
+        seg: Segment,
+        seq: int,
+        data: bytes | None,
+        ack: int | None,
+        config: Config,
+    ) -> bytes | None | Placement:
+        """The packet as it leaves for the kernel to shift: `seg`'s headers carrying this
+        stream's bytes [seq, seq + len(data)) (its own payload when `data` is None), its ack
+        mapped for `peer`'s record. None: it leaves unchanged."""
+        payload = seg.payload if data is None else data
+        before_horizon = seq_diff(seq, self.horizon) < 0
+        if self.exact.identity or before_horizon:
+            out_payload = payload
+            out_seq: int | None = seq if self.record.identity or before_horizon else (
+                self.record.seq_for(self.exact.to_out(seq))
+            )
+        else:
+            out_payload = self.exact.emit(seq, payload) if self.exact.active else payload
+            out_seq = self.record.seq_for(self.exact.to_out(seq))
+        if out_seq is None:
+            return Placement.UNPLACEABLE  # the sender will send it again
+        out_ack = seg.ack if ack is None else peer.ack_out(ack)
+        sack = None
+        if has_sack(seg) and not (peer.exact.identity and peer.record.identity):
+            sack = peer.sack_out
+        changed_payload = None if out_payload == seg.payload else out_payload
+        if (
+            out_seq == seg.seq
+            and out_ack == seg.ack
+            and changed_payload is None
+            and sack is None
+            and not config.full_checksum
+        ):
+            return None
+        return rebuild(seg, out_seq, out_ack, changed_payload, sack, config.full_checksum)
+
+
+def verdict(handle: Handle, built: bytes | None | Placement) -> Command:
+    """The command that lets a queued packet go as `build` decided."""
+    return Drop(handle) if isinstance(built, Placement) else Accept(handle, built)
