@@ -19,45 +19,42 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from alg.core import Gateway
-from alg.core.packet import ACK, PSH, SYN, build
+from alg.core import Command, FlowKey, Found, Gateway, Lookup, Reserve, Reserved
+from alg.core.packet import ACK, PSH, build
 
 _C, _C_OUT, _S = bytes((192, 168, 0, 1)), bytes((192, 168, 15, 5)), bytes((198, 51, 100, 2))
 DEFAULT_CAPTURE = Path(__file__).resolve().parents[2] / "shared/pcaps/zeek/cwd-navigation.pcap"
 
 
+def answer(gw: Gateway, commands: list[Command], tuples: dict[FlowKey, Found]) -> None:
+    """The daemon's part, without a kernel: answer look-ups and reservations at once."""
+    todo = list(commands)
+    while todo:
+        cmd = todo.pop(0)
+        if isinstance(cmd, Lookup):
+            todo[:0] = gw.answer(tuples[cmd.key], 0.0)
+        elif isinstance(cmd, Reserve):
+            todo[:0] = gw.answer(Reserved(cmd.proposal.session, cmd.proposal.outside_port), 0.0)
+
+
 class _Session:
-    """Builds the packets of one client-side NATed control connection."""
+    """Builds the packets of one client-side NATed control connection, as mangle
+    POSTROUTING queues them: inside addresses, payload segments only."""
 
     def __init__(self, gw: Gateway, cport: int) -> None:
         self.gw, self.cport = gw, cport
         self.c, self.s = 1000, 5000
         orig, reply = (_C, cport, _S, 21), (_S, 21, _C_OUT, cport)
-        gw.packet(0, self.client(b"", SYN, seq=self.c - 1), 0.0)
-        gw.bind(orig, reply)
-        gw.packet(0, self.server(b"", SYN | ACK, seq=self.s - 1), 0.0)
-        gw.packet(0, self.client(b"", ACK), 0.0)
-        gw.packet(0, self.server(b"220 ready\r\n"), 0.0)
-        self.delta = 0
+        self.tuples = {k: Found(k, orig, reply) for k in (orig, (_S, 21, _C, cport))}
+        answer(gw, gw.packet(0, self.server(b"220 ready\r\n"), 0.0), self.tuples)
 
-    def client(self, payload: bytes, flags: int = ACK | PSH, seq: int | None = None) -> bytes:
-        pkt = build(_C, _S, self.cport, 21, self.c if seq is None else seq, self.s, flags, payload)
+    def client(self, payload: bytes, flags: int = ACK | PSH) -> bytes:
+        pkt = build(_C, _S, self.cport, 21, self.c, self.s, flags, payload)
         self.c += len(payload)
         return pkt
 
-    def server(
-        self, payload: bytes = b"", flags: int = ACK | PSH, seq: int | None = None, shift: int = 0
-    ) -> bytes:
-        pkt = build(
-            _S,
-            _C_OUT,
-            21,
-            self.cport,
-            self.s if seq is None else seq,
-            self.c + shift,
-            flags,
-            payload,
-        )
+    def server(self, payload: bytes = b"", flags: int = ACK | PSH, shift: int = 0) -> bytes:
+        pkt = build(_S, _C, 21, self.cport, self.s, self.c + shift, flags, payload)
         self.s += len(payload)
         return pkt
 
@@ -72,31 +69,34 @@ def _rate(gw: Gateway, packets: list[bytes]) -> float:
 
 
 def passthrough_pps(n: int) -> float:
+    """Commands and replies of a session whose kernel record holds an offset (pure ACKs
+    never reach the queue: the kernel shifts them)."""
     gw = Gateway()
     sess = _Session(gw, 40000)
-    gw.packet(0, sess.client(b"PORT 192,168,0,1,4,1\r\n"), 0.0)  # +1 from here on
-    gw.packet(0, sess.server(b"200 ok\r\n", shift=1), 0.0)
+    answer(gw, gw.packet(0, sess.client(b"PORT 192,168,0,1,4,1\r\n"), 0.0), sess.tuples)
+    gw.packet(0, sess.server(b"200 ok\r\n", shift=1), 0.0)  # +1 from here on
     packets = []
     for _ in range(n // 2):
         packets.append(sess.client(b"NOOP\r\n"))
-        packets.append(sess.server(b"", ACK, shift=1))
+        packets.append(sess.server(b"200 ok\r\n", shift=1))
     return _rate(gw, packets)
 
 
 def rewrite_pps(n: int) -> float:
-    """PORT segments per second; the server's ack after each (which folds the correction, as
-    in real sessions) is fed too but not timed: passthrough_pps measures that path."""
+    """PORT segments per second, each with its reservation answered (no kernel) and its
+    seqadj record written; the server's 200 after each (which acknowledges the correction,
+    as in real sessions) is fed too but not timed: passthrough_pps measures that path."""
     gw = Gateway()
     sess = _Session(gw, 40001)
     pairs = []
     for i in range(n):
         port = sess.client(f"PORT 192,168,0,1,{4 + i % 200},{i % 256}\r\n".encode())
-        pairs.append((port, sess.server(b"", ACK, shift=i + 1)))
+        pairs.append((port, sess.server(b"200 ok\r\n", shift=i + 1)))
     gc.collect()
-    feed, clock, spent = gw.packet, time.perf_counter, 0.0
+    feed, clock, spent, tuples = gw.packet, time.perf_counter, 0.0, sess.tuples
     for i, (port, ack) in enumerate(pairs):
         start = clock()
-        feed(i, port, 1.0)
+        answer(gw, feed(i, port, 1.0), tuples)
         spent += clock() - start
         feed(i, ack, 1.0)
     assert gw.counters.get("rewrite") == n
@@ -120,10 +120,11 @@ def session_bytes(n: int) -> float:
     for i in range(n):
         sess = _Session(gw, 10000 + i)
         gw.packet(0, sess.client(b"USER anonymous\r\n"), 0.0)
+        del sess
     gc.collect()
     used = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    assert len(gw.sessions) == n
+    assert gw.session_count == n
     return used / n
 
 

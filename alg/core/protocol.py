@@ -122,8 +122,11 @@ class Protocol:
         self._limits = (max_pending, max_line)
 
     def signal(self, signal: Signal) -> None:
-        self.state = TRANSITIONS.get((self.state, signal), self.state)
-        if signal is Signal.CLEAR_TEXT:
+        before = self.state
+        self.state = TRANSITIONS.get((before, signal), before)
+        # The first direction back in clear text ends BLIND; what was pending inside TLS is
+        # unknowable. The second direction's return must not forget commands read since.
+        if signal is Signal.CLEAR_TEXT and before is State.BLIND:
             self.pending.clear()
             self._multiline = None
 

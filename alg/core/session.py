@@ -112,6 +112,8 @@ class Session:
             other.note_ack(ack)
             if other.held and other.record_end is None:
                 self.drain(other, now, out)  # a rewrite waiting for this ack may go now
+            if self._hole_passed(other):
+                yield from self._skip_hole(other, now, out)
         if flags & SYN:
             half.start(seg.seq + 1)
         if flags & (FIN | RST):
@@ -124,7 +126,12 @@ class Session:
         yield from self._data(half, seg, handle, ack, now, out)
 
     def _data(
-        self, half: Stream, seg: Segment, handle: Handle, ack: int | None, now: float,
+        self,
+        half: Stream,
+        seg: Segment,
+        handle: Handle,
+        ack: int | None,
+        now: float,
         out: list[Command],
     ) -> Work:
         config = self.ctx.config
@@ -136,6 +143,9 @@ class Session:
         if rel > 0:
             if len(half.ooo) < config.max_held:
                 half.ooo[seq] = (handle, seg, ack)
+                if self._hole_passed(half):
+                    yield from self._skip_hole(half, now, out)
+                    return
                 if half.hold_deadline is None:
                     half.hold_deadline = now + config.hold_timeout
                 self.ctx.count("held.out-of-order")
@@ -199,7 +209,9 @@ class Session:
         if len(group) < 2 or sum(len(h.data) for h in group) > COALESCE_MAX:
             return
         last = group[-1]
-        merged = Held(last.handle, last.seg, group[0].seq, b"".join(h.data for h in group), last.ack)
+        merged = Held(
+            last.handle, last.seg, group[0].seq, b"".join(h.data for h in group), last.ack
+        )
         out.extend(Drop(h.handle) for h in group[:-1])
         held[first:] = [merged]
         self.ctx.count("held.coalesced", len(group) - 1)
@@ -232,6 +244,20 @@ class Session:
             half.line_hold = False
             if not half.ooo:
                 half.hold_deadline = None
+
+    @staticmethod
+    def _hole_passed(half: Stream) -> bool:
+        """The far side acknowledged bytes past a hole we hold segments behind: it got them
+        without us (lost before the capture point, not queued), so the hole never fills."""
+        unseen, expected = half.unseen_ack, half.next_seq
+        if not half.ooo or unseen is None or expected is None:
+            return False
+        return seq_diff(unseen, expected) > 0
+
+    def _skip_hole(self, half: Stream, now: float, out: list[Command]) -> Work:
+        first = min(half.ooo, key=lambda s: seq_diff(s, half.next_seq or 0))
+        self._gap(half, first, seq_diff(first, half.next_seq or first), now, out)
+        yield from self._in_order(half, now, out)
 
     def _in_order(self, half: Stream, now: float, out: list[Command]) -> Work:
         """Out-of-order segments whose turn has come, in sequence order."""

@@ -69,6 +69,7 @@ class Stream:
         "record_end",
         "sent_upto",
         "tls",
+        "unseen_ack",
     )
 
     def __init__(self, direction: Dir) -> None:
@@ -77,6 +78,9 @@ class Stream:
         self.record = SeqAdjRecord()  # the kernel's record, as last written or read
         self.record_end: int | None = None  # end of the segment that set it, until acked
         self.acked: int | None = None  # the receiver has every byte before this
+        # An ack past every byte seen: the far side got bytes that never reached the queue
+        # (lost before the capture point, or not queued); a hole before it will not fill.
+        self.unseen_ack: int | None = None
         self.lines = LineBuffer()
         self.next_seq: int | None = None
         self.horizon = 0  # the first byte this session saw: older ones are the kernel's
@@ -113,7 +117,8 @@ class Stream:
 
     def note_ack(self, true_ack: int) -> None:
         if self.next_seq is not None and seq_diff(true_ack, self.next_seq) > 0:
-            return  # acknowledges bytes never seen: not from this connection's present
+            self.unseen_ack = true_ack  # bytes never seen: not part of what we can map
+            return
         if self.acked is None or seq_diff(true_ack, self.acked) > 0:
             self.acked = true_ack
         self.exact.acked(true_ack)
@@ -159,7 +164,7 @@ class Stream:
         data: bytes | None,
         ack: int | None,
         config: Config,
-    ) -> bytes | None | Placement:
+    ) -> bytes | Placement | None:
         """The packet as it leaves for the kernel to shift: `seg`'s headers carrying this
         stream's bytes [seq, seq + len(data)) (its own payload when `data` is None), its ack
         mapped for `peer`'s record. None: it leaves unchanged."""
@@ -167,8 +172,10 @@ class Stream:
         before_horizon = seq_diff(seq, self.horizon) < 0
         if self.exact.identity or before_horizon:
             out_payload = payload
-            out_seq: int | None = seq if self.record.identity or before_horizon else (
-                self.record.seq_for(self.exact.to_out(seq))
+            out_seq: int | None = (
+                seq
+                if self.record.identity or before_horizon
+                else (self.record.seq_for(self.exact.to_out(seq)))
             )
         else:
             out_payload = self.exact.emit(seq, payload) if self.exact.active else payload
@@ -191,6 +198,6 @@ class Stream:
         return rebuild(seg, out_seq, out_ack, changed_payload, sack, config.full_checksum)
 
 
-def verdict(handle: Handle, built: bytes | None | Placement) -> Command:
+def verdict(handle: Handle, built: bytes | Placement | None) -> Command:
     """The command that lets a queued packet go as `build` decided."""
     return Drop(handle) if isinstance(built, Placement) else Accept(handle, built)

@@ -1,66 +1,121 @@
-"""Carrying out the core's actions on queued packets, the kernel and the log.
+"""Carrying out the core's commands: verdicts, kernel questions, seqadj writes, log lines.
 
-Held packets are netfilterqueue Packet objects: a verdict may be given long after the
+Queued packets are netfilterqueue Packet objects: a verdict may be given long after the
 callback returned (linux-facts, "Holding packets"), so the core's handle is the object itself.
+A question (`Lookup`, `Reserve`) is always the last command of its list; its answer goes back
+to the core at once and the commands it yields run before anything else, in order.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
-from alg.core import Action, Drop, Event, Expect, Release, Unexpect
+from alg.core import (
+    Accept,
+    Command,
+    Drop,
+    Gateway,
+    Lookup,
+    Report,
+    Reserve,
+    Reserved,
+    Withdraw,
+    WriteSeqAdj,
+)
 from alg.core.text import show_addr
 from alg.daemon.conntrack import Kernel, expected_tuple
 
 log = logging.getLogger("ftp-alg")
 
-# Events that concern one packet rather than a session, and are frequent: debug only.
-_QUIET = frozenset(("not-inspected", "malformed-packet", "unchanged", "session-new"))
-_WARN = frozenset(("refusal", "blind", "hold-timeout", "hold-limit", "gap"))
 
-
-def log_event(event: Event) -> None:
-    level = (
-        logging.DEBUG
-        if event.kind in _QUIET
-        else logging.WARNING
-        if event.kind in _WARN
-        else logging.INFO
-    )
+def log_report(report: Report) -> None:
+    level = int(report.kind.level)
     if not log.isEnabledFor(level):
         return
-    reason = f" [{event.reason}]" if event.reason else ""
+    reason = f" [{report.reason}]" if report.reason else ""
     detail = ""
-    if event.before:
-        detail += f" before={event.before!r}"
-    if event.after:
-        detail += f" after={event.after!r}"
+    if report.before:
+        detail += f" before={report.before!r}"
+    if report.after:
+        detail += f" after={report.after!r}"
     log.log(
-        level, "session %d %s%s: %s%s", event.session, event.kind, reason, event.message, detail
+        level,
+        "session %d %s%s: %s%s",
+        report.session,
+        report.kind,
+        reason,
+        report.message,
+        detail,
+        extra={"session": report.session, "kind": str(report.kind)},
     )
 
 
-def carry(actions: tuple[Action, ...] | list[Action], kernel: Kernel) -> None:
-    """Release or drop held packets, withdraw expectations, log events."""
-    for action in actions:
-        if isinstance(action, Release):
-            pkt: Any = action.handle
-            if action.data is not None:
-                pkt.set_payload(action.data)
+class Carrier:
+    """Runs the core's commands against the queue, the kernel and the log."""
+
+    def __init__(self, gw: Gateway, kernel: Kernel, clock: Any) -> None:
+        self.gw = gw
+        self.kernel = kernel
+        self.clock = clock
+        self.counters: dict[str, int] = {}
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def run(self, commands: Iterable[Command]) -> None:
+        todo: deque[Command] = deque(commands)
+        while todo:
+            cmd = todo.popleft()
+            try:
+                more = self._one(cmd)
+            except Exception:  # one failed command must not cost the others their turn
+                self._count("errors")
+                log.exception("internal error carrying out %s", type(cmd).__name__)
+                if isinstance(cmd, Accept | Drop):
+                    self._fallback(cmd)
+                continue
+            if more:
+                todo.extendleft(reversed(more))
+
+    def _fallback(self, cmd: Accept | Drop) -> None:
+        """The packet still gets its verdict: as it came, or dropped if that was the order."""
+        pkt: Any = cmd.handle
+        try:
+            pkt.drop() if isinstance(cmd, Drop) else pkt.accept()
+        except Exception:  # the verdict was given before the failure
+            log.debug("no second verdict for a packet", exc_info=True)
+
+    def _one(self, cmd: Command) -> list[Command] | None:
+        if isinstance(cmd, Accept):
+            pkt: Any = cmd.handle
+            if cmd.data is not None:
+                pkt.set_payload(cmd.data)
+                self._count("packets-changed")
             pkt.accept()
-        elif isinstance(action, Drop):
-            action.handle.drop()  # type: ignore[attr-defined]
-        elif isinstance(action, Event):
-            log_event(action)
-        elif isinstance(action, Unexpect):
-            kernel.withdraw(action.expectation)
-        elif isinstance(action, Expect):
-            exp = action.expectation
-            log.debug(
-                "session %d expectation %s => %s:%d",
-                exp.session,
-                expected_tuple(exp, exp.outside_port),
-                show_addr(exp.inside),
-                exp.inside_port,
-            )
+        elif isinstance(cmd, Drop):
+            self._count("packets-dropped")
+            cmd.handle.drop()  # type: ignore[attr-defined]
+        elif isinstance(cmd, Report):
+            log_report(cmd)
+        elif isinstance(cmd, WriteSeqAdj):
+            self.kernel.write_seqadj(cmd.original, cmd.direction, cmd.record)
+        elif isinstance(cmd, Withdraw):
+            self.kernel.withdraw(cmd.expectation)
+        elif isinstance(cmd, Lookup):
+            return self.gw.answer(self.kernel.lookup(cmd.key), self.clock())
+        elif isinstance(cmd, Reserve):
+            exp = cmd.proposal
+            port = self.kernel.reserve(exp, cmd.fixed)
+            if port is not None:
+                log.debug(
+                    "session %d expectation %s => %s:%d",
+                    exp.session,
+                    expected_tuple(exp, port),
+                    show_addr(exp.inside),
+                    exp.inside_port,
+                )
+            return self.gw.answer(Reserved(exp.session, port), self.clock())
+        return None

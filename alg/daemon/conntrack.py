@@ -1,9 +1,9 @@
-"""The core's two callbacks, carried out on the kernel: NAT mappings and outside ports.
+"""The kernel side of the core's questions: conntrack look-ups, expectations, seqadj records.
 
-`mapper` answers which connection a packet seen in raw PREROUTING belongs to (its original
-and reply tuples carry the NAT mapping, MASQUERADE, SNAT or DNAT alike). `choose_port`
-creates the conntrack expectation itself, so the port written into the rewrite is one the
-kernel accepted: the inside port first, then random ones when another session holds it.
+`Kernel.lookup` answers which connection a queued packet belongs to (its tuples carry the NAT
+mapping; its seqadj records carry the offsets an earlier daemon or the active router wrote).
+`Kernel.reserve` creates the expectation itself, so the port written into a rewrite is one
+the kernel accepted: the proposed port first, then random ones when another session holds it.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import logging
 import random
 import socket
 
-from alg.core import Expectation, FlowKey
+from alg.core import DataExpectation, Dir, FlowKey, Found, NotFound, SeqAdjRecord
 from alg.kernel.ctnetlink import Ctnetlink
-from alg.kernel.cttypes import CtnetlinkError, ExpectationExists, Tuple
+from alg.kernel.cttypes import CtnetlinkError, ExpectationExists, SeqAdj, Tuple
 
 log = logging.getLogger("ftp-alg")
 _TCP = 6
@@ -39,13 +39,19 @@ def to_key(t: Tuple) -> FlowKey:
     return (_raw(t.src, t.family), t.sport, _raw(t.dst, t.family), t.dport)
 
 
-def expected_tuple(exp: Expectation, port: int) -> Tuple:
+def expected_tuple(exp: DataExpectation, port: int) -> Tuple:
     """The data connection as it reaches the router: peer (any port) -> outside:port."""
     return Tuple(exp.family, _TCP, _text(exp.peer), _text(exp.outside), 0, port)
 
 
+def _record(adj: SeqAdj | None) -> SeqAdjRecord | None:
+    if adj is None:
+        return None
+    return SeqAdjRecord(adj.correction_pos, adj.offset_before, adj.offset_after)
+
+
 class Kernel:
-    """Conntrack look-ups and expectations for the core, with counters for the status."""
+    """Conntrack look-ups, expectations and seqadj writes for the core, with counters."""
 
     def __init__(
         self,
@@ -69,29 +75,50 @@ class Kernel:
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
-    def mapper(self, key: FlowKey) -> tuple[FlowKey, FlowKey] | None:
+    def lookup(self, key: FlowKey) -> Found | NotFound:
+        """The entry of a packet seen in mangle POSTROUTING: after DNAT, before SNAT, so its
+        tuple is the original or reply tuple, or one of them turned round."""
+        seen = to_tuple(key)
         try:
-            # A client packet queued after DNAT shows the server's real address: it is then
-            # the reply tuple turned round.
-            found = self.ct.lookup(to_tuple(key)) or self.ct.lookup(to_tuple(key).reversed())
+            entry = self.ct.get_conntrack(seen) or self.ct.get_conntrack(seen.reversed())
         except CtnetlinkError as exc:
             self._count("conntrack-lookup-error")
-            log.warning("conntrack look-up of %s failed: %s", to_tuple(key), exc)
-            return None
-        if found is None:
+            log.warning("conntrack look-up of %s failed: %s", seen, exc)
+            return NotFound(key)
+        if entry is None:
             self._count("conntrack-lookup-missing")
-            return None
-        return to_key(found[0]), to_key(found[1])
+            return NotFound(key)
+        return Found(
+            key,
+            to_key(entry.original),
+            to_key(entry.reply),
+            _record(entry.seqadj_original),
+            _record(entry.seqadj_reply),
+        )
 
-    def choose_port(self, exp: Expectation) -> int | None:
-        """Create the expectation, trying the inside port then random outside ports."""
+    def write_seqadj(self, original: FlowKey, direction: Dir, record: SeqAdjRecord) -> bool:
+        """Store one direction's record before the rewritten segment's verdict."""
+        adj = SeqAdj(record.correction_pos, record.offset_before, record.offset_after)
+        try:
+            self.ct.set_seqadj(to_tuple(original), int(direction), adj)
+        except CtnetlinkError as exc:
+            self._count("seqadj-write-error")
+            log.error("writing the seqadj record of %s failed: %s", to_tuple(original), exc)
+            return False
+        self._count("seqadj-written")
+        return True
+
+    def reserve(self, exp: DataExpectation, fixed: bool = False) -> int | None:
+        """Create the expectation: the proposed port, then (unless `fixed`) random ones."""
         master = to_tuple(exp.master)
         previous = self.owned.pop(exp.session, None)
         if previous is not None:  # newest wins; also frees the tuple if it is the same
             del self.holder[previous]
             self._delete(previous)
         low, high = self.port_range
-        candidates = [exp.inside_port] + [self.rng.randint(low, high) for _ in range(self.tries)]
+        candidates = [exp.outside_port]
+        if not fixed:
+            candidates += [self.rng.randint(low, high) for _ in range(self.tries)]
         for port in candidates:
             expected = expected_tuple(exp, port)
             try:
@@ -125,8 +152,8 @@ class Kernel:
         log.warning("session %d: no free outside port after %d tries", exp.session, len(candidates))
         return None
 
-    def withdraw(self, exp: Expectation) -> None:
-        """The session no longer needs `exp` (it ended): remove it unless already replaced."""
+    def withdraw(self, exp: DataExpectation) -> None:
+        """The session no longer needs `exp`: remove it unless already replaced."""
         expected = expected_tuple(exp, exp.outside_port)
         if self.owned.get(exp.session) == expected:
             del self.owned[exp.session]

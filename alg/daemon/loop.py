@@ -15,8 +15,8 @@ import signal
 import time
 from typing import Any
 
-from alg.core import Gateway, Verdict
-from alg.daemon.carry import carry
+from alg.core import Gateway
+from alg.daemon.carry import Carrier
 from alg.daemon.conntrack import Kernel, to_key
 from alg.daemon.settings import Settings
 from alg.daemon.status import StatusServer
@@ -33,7 +33,8 @@ class Daemon:
         self.ct = Ctnetlink()
         low, high = settings.port_range
         self.kernel = Kernel(self.ct, settings.port_tries, (low, high))
-        self.gw = Gateway(settings.core, self.kernel.choose_port, self.kernel.mapper)
+        self.gw = Gateway(settings.core)
+        self.carrier = Carrier(self.gw, self.kernel, time.monotonic)
         self.counters: dict[str, int] = {}
         self.started = time.time()
         self.stop = False
@@ -42,12 +43,10 @@ class Daemon:
         self.counters[name] = self.counters.get(name, 0) + 1
 
     def on_packet(self, pkt: Any) -> None:
-        """The queue callback: must give every packet a verdict, now or (held) later."""
+        """The queue callback: every packet gets a verdict, now or (held) later."""
         self._count("packets")
         try:
-            outcome = self.gw.packet(pkt, pkt.get_payload(), time.monotonic())
-            if outcome.actions:
-                carry(outcome.actions, self.kernel)
+            commands = self.gw.packet(pkt, pkt.get_payload(), time.monotonic())
         except Exception:  # a bug of ours must not take the traffic down
             self._count("errors")
             log.exception(
@@ -59,28 +58,27 @@ class Daemon:
             else:
                 pkt.accept()
             return
-        if outcome.verdict is Verdict.ACCEPT:
-            if outcome.data is not None:
-                pkt.set_payload(outcome.data)
-                self._count("packets-changed")
-            pkt.accept()
-        elif outcome.verdict is Verdict.DROP:
-            self._count("packets-dropped")
-            pkt.drop()
-        else:
-            self._count("packets-held")
+        self.carrier.run(commands)
 
     def status(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
             "uptime": round(time.time() - self.started, 1),
-            "sessions": len(self.gw.sessions),
+            "sessions": self.gw.session_count,
+            "held": self.gw.held_count,
             "expectations": self._kernel_expectations(),
             "queue": self.settings.queue_num,
             "queues": self.settings.queue_count,
             "control_ports": sorted(self.settings.core.control_ports),
             "counters": dict(
-                sorted({**self.gw.counters, **self.kernel.counters, **self.counters}.items())
+                sorted(
+                    {
+                        **self.gw.counters,
+                        **self.kernel.counters,
+                        **self.carrier.counters,
+                        **self.counters,
+                    }.items()
+                )
             ),
         }
 
@@ -133,7 +131,7 @@ class Daemon:
                     time.sleep(0.01)  # bounded: a persistent fault cannot spin the CPU
         finally:
             log.info("ftp-alg stopping: releasing held packets, withdrawing expectations")
-            carry(self.gw.close(), self.kernel)
+            self.carrier.run(self.gw.close(time.monotonic()))
             self.kernel.withdraw_all()
             for nfq in queues:
                 nfq.unbind()
@@ -155,7 +153,7 @@ class Daemon:
             status.serve(self.status())
         now = time.monotonic()
         if now >= self.gw.next_tick():
-            carry(self.gw.tick(now), self.kernel)
+            self.carrier.run(self.gw.tick(now))
 
     def _busy_poll(self, queues: list[Any]) -> None:
         """Poll the queue without sleeping for `busy_poll_us` after the last packet."""
@@ -176,10 +174,9 @@ class Daemon:
         makes the kernel kill the old entry when the new SYN arrives; the event may be read
         after the new session began (even after its PORT rewrite), and must not end it."""
         key = to_key(original)
-        half = self.gw.flows.get(key)
-        if half is None:
+        if self.gw.session_id(key) is None:
             return
-        if half.session.closing_at is None:
+        if not self.gw.is_closing(key):
             try:
                 alive = self.ct.lookup(original) is not None
             except CtnetlinkError:
@@ -187,7 +184,7 @@ class Daemon:
             if alive:
                 self._count("destroy-event-older-connection")
                 return
-        carry(self.gw.forget(key), self.kernel)
+        self.carrier.run(self.gw.forget(key, now=time.monotonic()))
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stop = True

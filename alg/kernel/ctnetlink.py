@@ -34,6 +34,7 @@ from alg.kernel.cttypes import (
     CtnetlinkError,
     Expectation,
     ExpectationExists,
+    SeqAdj,
     Tuple,
 )
 from alg.kernel.netlink import (
@@ -53,11 +54,6 @@ __all__ = [
     "ExpectationExists",
     "Tuple",
     "conntrack_from_message",
-    "create_expectation",
-    "delete_expectation",
-    "flush_expectations_of",
-    "list_expectations",
-    "lookup",
 ]
 
 NAT_FOLLOW_MASTER = "nat-follow-master"
@@ -150,6 +146,23 @@ class Ctnetlink:
         """(original, reply) of the connection `seen` belongs to, or None if there is none."""
         entry = self.get_conntrack(seen)
         return None if entry is None else (entry.original, entry.reply)
+
+    def set_seqadj(self, original: Tuple, direction: int, record: SeqAdj) -> None:
+        """Write one direction's seqadj record (0: ORIGINAL, 1: REPLY) into the entry whose
+        original tuple is `original`: the kernel then shifts seq, ack and SACK of every later
+        packet itself. CT_NEW without NLM_F_CREATE updates; the kernel ACKs it even when the
+        entry has no seqadj extension (then it does nothing: the `sane` anchor provides it)."""
+        which = m.CTA_SEQ_ADJ_REPLY if direction else m.CTA_SEQ_ADJ_ORIG
+        attrs = _tuple_attr(m.CTA_TUPLE_ORIG, original) + m.nest(
+            which,
+            m.be32(m.CTA_SEQADJ_CORRECTION_POS, record.correction_pos & 0xFFFFFFFF),
+            m.be32(m.CTA_SEQADJ_OFFSET_BEFORE, record.offset_before & 0xFFFFFFFF),
+            m.be32(m.CTA_SEQADJ_OFFSET_AFTER, record.offset_after & 0xFFFFFFFF),
+        )
+        try:
+            self._request(m.CT_NEW, NLM_F_REQUEST | NLM_F_ACK, _AF[original.family], attrs, None)
+        except OSError as exc:
+            raise _error(exc, f"seqadj update of {original}") from None
 
     # --- expectations ----------------------------------------------------------------------
 
@@ -296,6 +309,23 @@ def conntrack_from_message(data: bytes) -> Conntrack | None:
         helper=helper,
         status=m.parse_u32(data, top.get(m.CTA_STATUS)),
         timeout=m.parse_u32(data, top.get(m.CTA_TIMEOUT)),
+        seqadj_original=_seqadj(data, top.get(m.CTA_SEQ_ADJ_ORIG)),
+        seqadj_reply=_seqadj(data, top.get(m.CTA_SEQ_ADJ_REPLY)),
+    )
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def _seqadj(data: bytes, span: tuple[int, int] | None) -> SeqAdj | None:
+    if span is None:
+        return None
+    inner = m.attrs(data, *span)
+    return SeqAdj(
+        m.parse_u32(data, inner.get(m.CTA_SEQADJ_CORRECTION_POS)),
+        _signed(m.parse_u32(data, inner.get(m.CTA_SEQADJ_OFFSET_BEFORE))),
+        _signed(m.parse_u32(data, inner.get(m.CTA_SEQADJ_OFFSET_AFTER))),
     )
 
 
@@ -322,42 +352,3 @@ def _expectation(msg: Any) -> Expectation:
         flags=msg.get_attr("CTA_EXPECT_FLAGS") or 0,
         id=msg.get_attr("CTA_EXPECT_ID") or 0,
     )
-
-
-# --- module-level convenience: one lazily opened socket per process --------------------------
-
-_default: Ctnetlink | None = None
-
-
-def _ct() -> Ctnetlink:
-    global _default
-    if _default is None:
-        _default = Ctnetlink()
-    return _default
-
-
-def lookup(seen: Tuple) -> tuple[Tuple, Tuple] | None:
-    """`Ctnetlink.lookup` on the process-wide socket."""
-    return _ct().lookup(seen)
-
-
-def create_expectation(
-    master: Tuple, expected: Tuple, nat_dir: int, nat_addr: str, nat_port: int, timeout: int
-) -> None:
-    """`Ctnetlink.create_expectation` on the process-wide socket."""
-    _ct().create_expectation(master, expected, nat_dir, nat_addr, nat_port, timeout)
-
-
-def delete_expectation(expected: Tuple) -> bool:
-    """`Ctnetlink.delete_expectation` on the process-wide socket."""
-    return _ct().delete_expectation(expected)
-
-
-def list_expectations(master: Tuple | None = None) -> list[Expectation]:
-    """`Ctnetlink.list_expectations` on the process-wide socket."""
-    return _ct().list_expectations(master)
-
-
-def flush_expectations_of(master: Tuple) -> int:
-    """`Ctnetlink.flush_expectations_of` on the process-wide socket."""
-    return _ct().flush_expectations_of(master)

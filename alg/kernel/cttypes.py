@@ -55,14 +55,26 @@ class Tuple:
 
 
 @dataclass(frozen=True, slots=True)
+class SeqAdj:
+    """A direction's struct nf_ct_seqadj as ctnetlink carries it (offsets signed)."""
+
+    correction_pos: int
+    offset_before: int
+    offset_after: int
+
+
+@dataclass(frozen=True, slots=True)
 class Conntrack:
-    """A conntrack entry: both directions, and the helper attached to it (None: no anchor)."""
+    """A conntrack entry: both directions, the helper attached to it (None: no anchor), and
+    the seqadj record of each direction (None until IPS_SEQ_ADJUST is set)."""
 
     original: Tuple
     reply: Tuple
     helper: str | None
     status: int
     timeout: int
+    seqadj_original: SeqAdj | None = None
+    seqadj_reply: SeqAdj | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,15 +4,20 @@ A capture was recorded without a gateway, at one point of the path. To show what
 gateway does, the replay imagines one party behind a NAT whose outside address is given,
 and writes the capture as it would look on the outside wire:
 
-- `--client-nat A`: the client is inside. Its packets go through the gateway (rewritten,
-  seq-shifted) and the NAT (source becomes A). The server's packets are what the server would
-  send in that world: addressed to A, acknowledging the rewritten stream.
+- `--client-nat A`: the client is inside. Its packets go through the gateway (rewritten) and
+  the kernel (seq/ack shifted by the seqadj record the gateway wrote, source NATed to A).
+  The server's packets are what the server would send in that world: addressed to A,
+  acknowledging the rewritten stream.
 - `--server-nat A`: the server is inside, reached through a port forward on A. The mirror
-  image: the server's packets go through gateway and NAT, the client's are synthesized.
+  image: the server's packets go through gateway, kernel and NAT, the client's are
+  synthesized.
 
-The synthesized packets are then fed to the gateway too, as they would reach it, and what
-comes out must be exactly the captured packet again: every ack mapped back. The report
-counts that round trip, so a replay checks the seq/ack arithmetic on real traffic.
+The router is modelled as the rules build it: only segments that carry payload reach the
+queue (in mangle POSTROUTING, with inside addresses), the kernel applies each direction's
+seqadj record to every packet after the queue, and nothing else shifts numbers. The
+synthesized packets go the same way, and what comes out must be exactly the captured packet
+again: every ack mapped back. The report counts that round trip, so a replay checks the
+seq/ack arithmetic on real traffic, with the kernel's record as the only offset state.
 """
 
 from __future__ import annotations
@@ -20,11 +25,32 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
-from alg.core import Config, CoreError, Drop, Event, Expect, Gateway, Release, Unexpect, Verdict
-from alg.core.events import Action, Expectation, FlowKey
-from alg.core.packet import Segment, parse, rebuild
+from alg.core import (
+    Accept,
+    Command,
+    Config,
+    CoreError,
+    DataExpectation,
+    Dir,
+    Drop,
+    FlowKey,
+    Found,
+    Gateway,
+    Lookup,
+    NotFound,
+    Reserve,
+    Reserved,
+    SeqAdjRecord,
+    Withdraw,
+    WriteSeqAdj,
+)
+from alg.core import Report as CoreReport
+from alg.core.packet import ACK, FIN, RST, Segment, parse, rebuild
 from alg.core.text import show_addr
 from alg.replay.capture import Frame
+
+_IDENTITY = SeqAdjRecord()
+_ENDS_KEPT = 4096  # segment ends remembered per direction for synthesizing acks
 
 
 def show_endpoint(raw: bytes, port: int) -> str:
@@ -41,14 +67,33 @@ class Conn:
     sport: int
     client_out: bytes  # the client as the server sees it
     server_out: bytes  # the server as the client sees it
+    # The kernel's seqadj record of each direction, as the gateway wrote it.
+    records: list[SeqAdjRecord] = field(default_factory=lambda: [_IDENTITY, _IDENTITY])
+    # Per direction: the end of a captured segment -> where it ended on the far side.
+    ends: tuple[dict[int, int], dict[int, int]] = field(default_factory=lambda: ({}, {}))
+    fins: list[bool] = field(default_factory=lambda: [False, False])
 
     @property
-    def orig_hook(self) -> FlowKey:
+    def original(self) -> FlowKey:
         return (self.client, self.cport, self.server_out, self.sport)
 
     @property
-    def reply_hook(self) -> FlowKey:
+    def reply(self) -> FlowKey:
         return (self.server, self.sport, self.client_out, self.cport)
+
+    @property
+    def queued(self) -> tuple[FlowKey, FlowKey]:
+        """Both directions as mangle POSTROUTING queues them: after DNAT, before SNAT."""
+        return (
+            (self.client, self.cport, self.server, self.sport),
+            (self.server, self.sport, self.client, self.cport),
+        )
+
+    def far_ack(self, direction: Dir, ack: int) -> int:
+        """What the far side acknowledges of `direction`'s stream where the capture shows
+        `ack`: the end of the segment it received, else the kernel record's mapping."""
+        got = self.ends[direction].get(ack)
+        return got if got is not None else self.records[direction].seq(ack)
 
 
 @dataclass
@@ -88,11 +133,11 @@ class _Held:
     synthesized: bool  # sent by the party outside the NAT: checked, not written again
     conn: Conn
     captured: Segment
-    hook: bytes  # the packet as it reached the gateway
+    hook: bytes  # the packet as it reached the queue
 
 
 class Replay:
-    """Feeds frames through a Gateway as a NAT router's daemon would, and reports."""
+    """Feeds frames through a Gateway and a model of the kernel, as on a NAT router."""
 
     def __init__(
         self,
@@ -104,8 +149,8 @@ class Replay:
         self.config = config
         self.client_nat = client_nat
         self.server_nat = server_nat
-        self.gw = Gateway(config, mapper=self._map)
-        self.conns: dict[FlowKey, Conn] = {}  # by both hook keys
+        self.gw = Gateway(config)
+        self.conns: dict[FlowKey, Conn] = {}  # by conntrack's tuples and the queued views
         self.report = Report(
             capture,
             {
@@ -117,10 +162,6 @@ class Replay:
         self._deferred: list[tuple[Frame, bytes]] = []
         self._frame = 0
 
-    def _map(self, key: FlowKey) -> tuple[FlowKey, FlowKey] | None:
-        conn = self.conns.get(key)
-        return (conn.orig_hook, conn.reply_hook) if conn is not None else None
-
     def _conn(self, seg: Segment, from_client: bool) -> Conn:
         if from_client:
             c, cp, s, sp = seg.src, seg.sport, seg.dst, seg.dport
@@ -131,9 +172,8 @@ class Replay:
         if conn is None:
             fam = seg.version
             conn = Conn(c, cp, s, sp, self.client_nat.get(fam, c), self.server_nat.get(fam, s))
-            self.conns[key] = conn
-            self.conns[conn.orig_hook] = conn
-            self.conns[conn.reply_hook] = conn
+            for k in (conn.original, conn.reply, *conn.queued):
+                self.conns[k] = conn
         return conn
 
     def run(self, frames: Iterable[Frame]) -> Iterator[tuple[Frame, bytes | None]]:
@@ -144,7 +184,7 @@ class Replay:
             self.report.frames += 1
             self._frame = frame.index
             last = frame.time
-            yield from self._actions(self.gw.tick(frame.time), frame.time)
+            yield from self._carry(self.gw.tick(frame.time), frame.time)
             if frame.ip is None:
                 yield frame, None
                 continue
@@ -161,8 +201,8 @@ class Replay:
             else:
                 self.report.other += 1
                 yield frame, frame.ip
-        yield from self._actions(self.gw.tick(last + 3600.0), last)
-        yield from self._actions(self.gw.close(), last)
+        yield from self._carry(self.gw.tick(last + 3600.0), last)
+        yield from self._carry(self.gw.close(last), last)
         self.report.counters = dict(sorted(self.gw.counters.items()))
 
     def _control(
@@ -170,101 +210,127 @@ class Replay:
     ) -> Iterator[tuple[Frame, bytes | None]]:
         self.report.control_packets += 1
         conn = self._conn(seg, from_client)
-        # Who is outside the NAT sends what it would send in the NATed world: to the outside
-        # address, acknowledging the rewritten stream. That is also what the output shows.
+        # Who is outside the NAT sends what it would send in the NATed world: acknowledging
+        # the rewritten stream. That is also what the output shows.
         synthesized = bool(self.server_nat) if from_client else bool(self.client_nat)
-        hook = self._at_hook(seg, conn, from_client)
-        outcome = self.gw.packet(frame.index, hook.data, frame.time)
+        hook = self._synthesize(seg, conn, from_client) if synthesized else seg
+        held = _Held(frame, from_client, synthesized, conn, seg, hook.data)
         if synthesized:
             # While the gateway holds packets of the other side, the outside party cannot have
             # received them: what it sent meanwhile is written after their release.
+            wire = _finish(self._outside(hook, conn, from_client))
             if self._held:
-                self._deferred.append((frame, _finish(hook)))
+                self._deferred.append((frame, wire))
             else:
-                yield frame, _finish(hook)
-        yield from self._actions(outcome.actions, frame.time)
-        if outcome.verdict is Verdict.HOLD:
-            self.report.held += 1
-            self._held[frame.index] = _Held(frame, from_client, synthesized, conn, seg, hook.data)
-        elif outcome.verdict is Verdict.DROP:
-            self.report.dropped += 1
+                yield frame, wire
+        if hook.payload:  # the rules queue only segments that carry payload
+            self._held[frame.index] = held
+            yield from self._carry(self.gw.packet(frame.index, hook.data, frame.time), frame.time)
+            if frame.index in self._held:
+                self.report.held += 1
         else:
-            held = _Held(frame, from_client, synthesized, conn, seg, hook.data)
-            yield from self._emit(held, outcome.data)
+            yield from self._emit(held, None)
+        if seg.flags & (FIN | RST):
+            conn.fins[not from_client] = True
+            if seg.flags & RST or all(conn.fins):  # conntrack's destroy event, as the daemon
+                conn.fins = [False, False]  # reads it (a new connection may reuse the tuple)
+                yield from self._carry(
+                    self.gw.forget(conn.original, "connection closed", frame.time), frame.time
+                )
 
-    def _emit(self, held: _Held, data: bytes | None) -> Iterator[tuple[Frame, bytes | None]]:
-        """A packet leaves the gateway: changed (`data`) or as it came (None)."""
-        if data is not None:
-            self.report.changed += 1
-        out = data if data is not None else held.hook
-        if held.synthesized:
-            self._check(held.captured, out, held.conn)
-        else:
-            yield held.frame, self._leave(out, held.conn, held.from_client)
-
-    def _at_hook(self, seg: Segment, conn: Conn, from_client: bool) -> Segment:
-        """The captured packet as it reaches the gateway in the imagined world."""
-        if from_client:
-            moved = _readdress(seg, conn.client, conn.server_out)
-        else:
-            moved = _readdress(seg, conn.server, conn.client_out)
-        half = self.gw.flows.get(conn.orig_hook)
-        ack_adj = None if half is None else (half.peer.adj if from_client else half.adj)
-        if ack_adj is None or ack_adj.identity:
-            return moved
+    def _synthesize(self, seg: Segment, conn: Conn, from_client: bool) -> Segment:
+        """The outside party's packet in the NATed world: its acks and SACK edges name the
+        bytes it received of the rewritten stream."""
+        other = Dir.REPLY if from_client else Dir.ORIGINAL
+        if conn.records[other].identity and not conn.ends[other]:
+            return seg
+        ack = conn.far_ack(other, seg.ack) if seg.flags & ACK else seg.ack
         data = rebuild(
-            moved,
-            moved.seq,
-            ack_adj.to_out(moved.ack),
-            sack=lambda a, b: (ack_adj.to_out(a), ack_adj.to_out(b)),
+            seg,
+            seg.seq,
+            ack,
+            sack=lambda a, b: (conn.far_ack(other, a), conn.far_ack(other, b)),
             full_checksum=True,
         )
         return parse(data)
 
-    def _leave(self, data: bytes, conn: Conn, from_client: bool) -> bytes:
-        """After the gateway, the kernel's NAT: the inside party's address becomes outside."""
-        seg = parse(data)
-        if from_client:
-            seg = _readdress(seg, conn.client_out, conn.server)
-        else:
-            seg = _readdress(seg, conn.server_out, conn.client)
-        return _finish(seg)
+    def _emit(self, held: _Held, data: bytes | None) -> Iterator[tuple[Frame, bytes | None]]:
+        """A packet leaves the queue (changed: `data`) and the kernel shifts it."""
+        if data is not None:
+            self.report.changed += 1
+        seg = parse(data if data is not None else held.hook)
+        conn = held.conn
+        this, other = (Dir.ORIGINAL, Dir.REPLY) if held.from_client else (Dir.REPLY, Dir.ORIGINAL)
+        shifted = _kernel_shift(seg, conn.records[this], conn.records[other])
+        if held.synthesized:
+            self._check(held.captured, shifted, conn)
+            return
+        cap = held.captured
+        ends = conn.ends[this]
+        if len(ends) >= _ENDS_KEPT:
+            ends.clear()
+        ends[(cap.seq + len(cap.payload)) & 0xFFFFFFFF] = (
+            shifted.seq + len(shifted.payload)
+        ) & 0xFFFFFFFF
+        yield held.frame, _finish(self._outside(shifted, conn, held.from_client))
 
-    def _check(self, captured: Segment, out: bytes, conn: Conn) -> None:
-        """The gateway must give the outside party's packet back exactly as captured."""
-        got = parse(out)
+    @staticmethod
+    def _outside(seg: Segment, conn: Conn, from_client: bool) -> Segment:
+        """The packet on the outside wire: the inside party's address NATed."""
+        if from_client:
+            return _readdress(seg, conn.client_out, conn.server_out)
+        return _readdress(seg, conn.server_out, conn.client_out)
+
+    def _check(self, captured: Segment, got: Segment, conn: Conn) -> None:
+        """The gateway and the kernel must give the outside party's packet back as captured:
+        the same ack, options and bytes, or (a split line the gateway coalesced) a segment
+        that ends where the captured one ends and carries its bytes at its tail."""
         self.report.roundtrip_checked += 1
-        if (got.seq, got.ack, got.payload, got.options) != (
-            captured.seq,
-            captured.ack,
-            captured.payload,
-            captured.options,
-        ):
+        end = (got.seq + len(got.payload)) & 0xFFFFFFFF
+        same = (got.seq, got.payload) == (captured.seq, captured.payload) or (
+            end == (captured.seq + len(captured.payload)) & 0xFFFFFFFF
+            and got.payload.endswith(captured.payload)
+        )
+        if not same or (got.ack, got.options) != (captured.ack, captured.options):
             self.report.roundtrip_mismatched += 1
             self._note(
-                Event(
-                    "roundtrip-mismatch",
-                    0,
-                    f"frame {self._frame}: ack {captured.ack} came back as {got.ack}",
-                ),
+                0,
+                "roundtrip-mismatch",
+                f"frame {self._frame}: seq/ack {captured.seq}/{captured.ack} came back as "
+                f"{got.seq}/{got.ack}",
                 conn,
             )
 
-    def _actions(
-        self, actions: Iterable[Action], now: float
-    ) -> Iterator[tuple[Frame, bytes | None]]:
-        for action in actions:
-            if isinstance(action, Release):
-                yield from self._emit(self._held.pop(action.handle), action.data)  # type: ignore[call-overload]
+    def _carry(self, commands: list[Command], now: float) -> Iterator[tuple[Frame, bytes | None]]:
+        """The daemon's part: verdicts, answers from the imagined kernel, records, notes."""
+        todo = list(commands)
+        while todo:
+            cmd = todo.pop(0)
+            if isinstance(cmd, Accept):
+                yield from self._emit(self._held.pop(cmd.handle), cmd.data)  # type: ignore[call-overload]
                 yield from self._flush(now)
-            elif isinstance(action, Drop):
-                self._held.pop(action.handle, None)  # type: ignore[call-overload]
+            elif isinstance(cmd, Drop):
+                self._held.pop(cmd.handle, None)  # type: ignore[call-overload]
                 self.report.dropped += 1
                 yield from self._flush(now)
-            elif isinstance(action, Expect | Unexpect):
-                self._expectation(action)
+            elif isinstance(cmd, Lookup):
+                todo[:0] = self.gw.answer(self._lookup(cmd.key), now)
+            elif isinstance(cmd, Reserve):
+                exp = cmd.proposal
+                self._expectation("expect", exp)
+                todo[:0] = self.gw.answer(Reserved(exp.session, exp.outside_port), now)
+            elif isinstance(cmd, WriteSeqAdj):
+                self.conns[cmd.original].records[cmd.direction] = cmd.record
+            elif isinstance(cmd, Withdraw):
+                self._expectation("unexpect", cmd.expectation)
             else:
-                self._note(action, None)
+                self._report(cmd)
+
+    def _lookup(self, key: FlowKey) -> Found | NotFound:
+        conn = self.conns.get(key)
+        if conn is None:
+            return NotFound(key)
+        return Found(key, conn.original, conn.reply, *conn.records)
 
     def _flush(self, now: float) -> Iterator[tuple[Frame, bytes | None]]:
         if self._held or not self._deferred:
@@ -277,9 +343,9 @@ class Replay:
         rec = self.report.sessions.get(sid)
         if rec is None:
             rec = {"id": sid, "events": []}
-            session = self.gw.sessions.get(sid)
-            if session is not None:
-                c, cp, s, sp = session.key
+            tuples = self.gw.session_tuples(sid)
+            if tuples is not None:
+                (c, cp, _, _), (s, sp, _, _) = tuples
                 rec["client"] = show_endpoint(c, cp)
                 rec["server"] = show_endpoint(s, sp)
             elif conn is not None:
@@ -288,33 +354,43 @@ class Replay:
             self.report.sessions[sid] = rec
         return rec
 
-    def _note(self, event: Event, conn: Conn | None) -> None:
-        if event.kind in ("not-inspected", "session-end") and not event.session:
+    def _report(self, report: CoreReport) -> None:
+        if not report.session and report.kind in ("not-inspected", "session-end"):
             return
-        entry: dict[str, object] = {
-            "frame": self._frame,
-            "kind": event.kind,
-            "message": event.message,
-        }
-        if event.reason:
-            entry["reason"] = event.reason
-        if event.before:
-            entry["before"] = event.before
-        if event.after:
-            entry["after"] = event.after
-        events = self._session(event.session, conn)["events"]
-        assert isinstance(events, list)
-        events.append(entry)
+        entry: dict[str, object] = {"frame": self._frame, "kind": str(report.kind)}
+        entry["message"] = report.message
+        if report.reason:
+            entry["reason"] = str(report.reason)
+        if report.before:
+            entry["before"] = report.before
+        if report.after:
+            entry["after"] = report.after
+        self._events(report.session, None).append(entry)
 
-    def _expectation(self, action: Expect | Unexpect) -> None:
-        exp: Expectation = action.expectation
+    def _note(self, session: int, kind: str, message: str, conn: Conn | None) -> None:
+        self._events(session, conn).append({"frame": self._frame, "kind": kind, "message": message})
+
+    def _events(self, session: int, conn: Conn | None) -> list[dict[str, object]]:
+        events = self._session(session, conn)["events"]
+        assert isinstance(events, list)
+        return events
+
+    def _expectation(self, kind: str, exp: DataExpectation) -> None:
         text = (
             f"{show_addr(exp.peer)}:* -> {show_endpoint(exp.outside, exp.outside_port)} "
             f"=> {show_endpoint(exp.inside, exp.inside_port)} (nat_dir {exp.nat_dir.name}, "
             f"{exp.timeout:g} s)"
         )
-        kind = "expect" if isinstance(action, Expect) else "unexpect"
-        self._note(Event(kind, exp.session, text), None)
+        self._note(exp.session, kind, text, None)
+
+
+def _kernel_shift(seg: Segment, this: SeqAdjRecord, other: SeqAdjRecord) -> Segment:
+    """nf_ct_seq_adjust: seq by this direction's record, ack and SACK by the other's."""
+    if this.identity and other.identity:
+        return seg
+    ack = other.ack(seg.ack) if seg.flags & ACK else seg.ack
+    data = rebuild(seg, this.seq(seg.seq), ack, sack=lambda a, b: (other.ack(a), other.ack(b)))
+    return parse(data)
 
 
 def _finish(seg: Segment) -> bytes:

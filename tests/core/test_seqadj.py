@@ -1,4 +1,5 @@
-"""SeqAdj: the exact map between a sender's and a receiver's sequence space."""
+"""ExactMap and SeqAdjRecord: the exact map between a sender's and a receiver's sequence space, and
+the kernel's one-correction record the gateway writes into conntrack."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from alg.core.seqadj import MASK, SeqAdj, seq_diff
+from alg.core.seqadj import MASK, ExactMap, SeqAdjRecord, seq_diff
 
 
 def stream_with_rewrites(
     base: int, text: bytes, spans: list[tuple[int, int, bytes]]
-) -> tuple[SeqAdj, bytes]:
-    adj = SeqAdj()
+) -> tuple[ExactMap, bytes]:
+    adj = ExactMap()
     out, cursor = [], 0
     for start, length, new in spans:
         adj.add(base + start, length, new)
@@ -81,7 +82,7 @@ def test_retransmission_is_rewritten_identically(case, start, length) -> None:  
 
 
 def test_acked_corrections_fold_into_the_base() -> None:
-    adj = SeqAdj()
+    adj = ExactMap()
     adj.add(100, 15, b"x" * 18)  # +3
     adj.add(200, 5, b"y" * 2)  # -3
     assert adj.offset == 0 and len(adj.active) == 2
@@ -95,8 +96,55 @@ def test_acked_corrections_fold_into_the_base() -> None:
 
 
 def test_wraparound() -> None:
-    adj = SeqAdj()
+    adj = ExactMap()
     adj.add(MASK - 4, 10, b"z" * 13)  # span crosses 2**32
     assert adj.to_out(10) == 13
     assert adj.to_in(13) == 10
     assert adj.emit(MASK - 9, b"a" * 5 + b"b" * 10 + b"c") == b"a" * 5 + b"z" * 13 + b"c"
+
+
+# ---- SeqAdjRecord: the kernel's record ------------------------------------------------------
+
+
+def test_record_shifts_like_the_kernel_after_a_longer_port() -> None:
+    """linux-facts: a PORT made 3 bytes longer at seq 1000 (record 1000, 0, +3)."""
+    rec = SeqAdjRecord(1000, 0, 3)
+    assert rec.seq(1000) == 1000  # the rewritten segment itself: offset_before
+    assert rec.seq(1022) == 1025  # every segment starting after it: offset_after
+    assert rec.ack(1025) == 1022  # the server's ack of the whole line maps back
+    assert rec.ack(1000) == 1000  # an ack of bytes before the line is untouched
+
+
+def test_record_wraps_around_the_sequence_space() -> None:
+    rec = SeqAdjRecord(MASK - 5, 0, -2)
+    assert rec.seq(10) == 8
+    assert rec.ack(8) == 10
+    assert rec.seq(MASK - 10) == MASK - 10
+
+
+records = st.builds(
+    SeqAdjRecord, st.integers(0, MASK), st.integers(-500, 500), st.integers(-500, 500)
+)
+
+
+@given(records, st.integers(0, MASK))
+def test_seq_for_lands_exactly_where_asked(rec: SeqAdjRecord, want: int) -> None:
+    """Pre-compensation: when the core picks a seq for the kernel to shift, the kernel's
+    shift of it is exactly the wanted number (or the core knows it cannot be)."""
+    seq = rec.seq_for(want)
+    if seq is not None:
+        assert rec.seq(seq) == want
+    ack = rec.ack_for(want)
+    if ack is not None:
+        assert rec.ack(ack) == want
+
+
+@given(records, st.integers(0, MASK))
+def test_acks_of_segment_ends_after_the_correction_map_back(rec: SeqAdjRecord, x: int) -> None:
+    """Far side acks the end of a segment sent after the correction: the kernel maps the ack
+    back to the sender's space (what tcp_in_window and the sender need)."""
+    if not 0 < seq_diff(x, rec.correction_pos) < (1 << 30):
+        return
+    if seq_diff(x + rec.offset_after - rec.offset_before, rec.correction_pos) <= 0:
+        return  # a shrink larger than the distance: no segment can end there
+    assert rec.ack(rec.seq(x)) == x

@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from alg.kernel import ctnetlink
 from alg.kernel.ctevents import DestroyListener
 from alg.kernel.ctnetlink import Ctnetlink, CtnetlinkError, ExpectationExists, Tuple
 from tests.kernel.lab import (
@@ -286,20 +285,6 @@ def test_calls_take_well_under_a_millisecond(lab: Lab, ct: Ctnetlink) -> None:
     assert lookup_orig < 500
     assert lookup_reply < 500
     assert create_delete < 1000
-
-
-def test_module_level_functions_share_one_socket(lab: Lab) -> None:
-    _sock, orig = control_from_inside(lab)
-    try:
-        with netns(lab.router):  # the process-wide socket opens here, on first use
-            found = ctnetlink.lookup(orig)
-        assert found is not None and found[0] == orig
-        assert ctnetlink.list_expectations() == []
-        assert ctnetlink.delete_expectation(Tuple(4, 6, OUTSIDE4, ROUTER_OUT4, 0, 1)) is False
-    finally:
-        if ctnetlink._default is not None:
-            ctnetlink._default.close()
-            ctnetlink._default = None
 
 
 def test_destroy_listener_decodes_only_its_ports(lab: Lab) -> None:
