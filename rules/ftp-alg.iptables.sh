@@ -7,51 +7,42 @@
 # the same commands. Usage: sh ftp-alg.iptables.sh apply|remove
 #
 # Why these rules:
-# - The ALG changes the length of PORT/EPRT lines (client -> server) and 227/229 lines
-#   (server -> client) and shifts every later seq and ack itself, so from the first such
-#   rewrite on, client and server number the same bytes differently. conntrack checks each
-#   packet's ack against the data it has seen going the other way, so it must see the whole
-#   control connection in ONE sequence space. These rules make that the client's:
-#   - packets to the control ports (client -> server, conntrack's original direction) go to
-#     NFQUEUE in mangle POSTROUTING, after conntrack has tracked them exactly as the client
-#     sent them (and before SNAT). The ALG rewrites them and shifts them into the server's
-#     numbering there, where conntrack no longer looks.
-#   - packets from the control ports (server -> client, the reply direction) go to NFQUEUE in
-#     raw PREROUTING, before conntrack. The ALG rewrites 227/229 and maps their seq and ack
-#     into the client's numbering there, so conntrack sees them as the client will.
-# - Queueing both directions in raw, before conntrack, is wrong: conntrack then sees every
-#   packet in the numbering of its receiver, the client's rewritten data in the server's and
-#   the server's acks for it in the client's (likewise for 227/229 the other way). After a
-#   rewrite that shortens a line, the acks lie beyond anything conntrack saw sent ("ACK over
-#   upper bound"): they are marked INVALID, not de-NATed, and the router answers with RST. A
-#   lengthening rewrite only makes the acks lag behind, which conntrack tolerates, so the fault
-#   hides there. Queueing both after conntrack (mangle FORWARD) mixes the numberings the other
-#   way round and fails on lengthening rewrites.
-# - The router's own FTP clients: their packets pass mangle POSTROUTING too and the replies
-#   come in through PREROUTING, so raw OUTPUT queues nothing (that would queue them twice); it
-#   only attaches the anchor. Connections to an FTP server on the router itself are not queued
-#   at all (their client packets never reach POSTROUTING): no NAT stands between the two ends.
-# - In mangle POSTROUTING a port-forwarded (DNATed) control connection already shows the inside
-#   server's address and port, as its replies do in raw PREROUTING: if a port forward changes
-#   the port, list both the public and the inside port.
-# - --queue-bypass (nft: bypass): when the daemon is not running, FTP passes unchanged instead
-#   of being dropped.
-# - The kernel creates an expectation (ctnetlink EXP_NEW) only for a connection that has a
-#   conntrack helper, and this kernel has no user-space helpers (nfnetlink_cthelper). The `sane`
-#   helper only parses the SANE scanner protocol's binary requests, never FTP text, so it serves
-#   as an inert anchor. Never attach the `ftp` helper as well: it would rewrite and expect on
-#   its own, behind the ALG's back.
+# - The kernel holds the sequence state. When ftp-alg changes the length of a PORT/EPRT line
+#   (client -> server) or a 227/229 line (server -> client), it writes the correction into the
+#   connection's conntrack seqadj record (ctnetlink, CTA_SEQ_ADJ_ORIG/REPLY) before the
+#   segment's verdict. From then on conntrack shifts seq, ack and SACK of every later packet
+#   itself, at the end of POSTROUTING, and its window tracking allows for the shift. A
+#   restarted daemon reads the record back; conntrackd carries it to a standby router.
+# - So only segments that carry payload go to the queue: pure ACKs, SYNs and FINs without data
+#   never leave the kernel (the -m bpf program compares the IP length with the headers').
+# - Both directions are queued in mangle POSTROUTING: after conntrack, so conntrack sees every
+#   packet as its sender sent it (one consistent numbering per direction), and before SNAT
+#   and before the shift, so ftp-alg sees inside addresses and the sender's numbers. A reply
+#   from a port-forwarded server is queued there before its un-DNAT.
+# - Only ESTABLISHED connections enter the queue (conntrack has seen both directions): junk,
+#   INVALID and untracked packets, and one-way floods that conntrack's loose pick-up tracks as
+#   NEW, never reach ftp-alg and cannot fill its queue. (`-m helper` cannot test the anchor: it
+#   matches a connection's master's helper.) A queued connection without the anchor (one that
+#   began before the rules were applied) is passed untouched by ftp-alg: without the anchor
+#   the kernel would neither keep its seqadj record nor accept its expectations.
+# - The kernel creates an expectation (ctnetlink EXP_NEW) and keeps a seqadj record only for a
+#   connection that has a conntrack helper, and this kernel has no user-space helpers
+#   (nfnetlink_cthelper). The `sane` helper only parses the SANE scanner protocol's binary
+#   requests, never FTP text, so it serves as an inert anchor. Never attach the `ftp` helper as
+#   well: it would rewrite and expect on its own, behind the ALG's back.
 # - The anchor matches the destination port as packets arrive, before DNAT, so port-forwarded
 #   control connections (server behind the router) get it too; a rule on the inside address
-#   would never match.
-# - iptables: in raw the anchor rule comes before the NFQUEUE rule, because a packet accepted
-#   from the queue continues at the next hook, not at the next rule. It matches every packet:
-#   in raw, conntrack has not run (no --ctstate NEW), and the CT target's template is only used
-#   when conntrack creates the connection, so later packets are unaffected.
-# - With a queue range (--queue-balance), the kernel spreads packets by their addresses where
-#   they are queued; the two directions are queued on different sides of NAT, so one
-#   connection's packets can land on different queues: one process must serve the whole
-#   range.
+#   would never match. It is attached in raw, before conntrack creates the connection: the CT
+#   target's template is only used then, so later packets are unaffected.
+# - In mangle POSTROUTING a port-forwarded (DNATed) control connection already shows the inside
+#   server's port: if a port forward changes the port, list both the public and the inside port.
+# - The router's own FTP clients: their packets pass mangle POSTROUTING too; raw OUTPUT only
+#   attaches the anchor. Connections to an FTP server on the router itself are not queued at
+#   all (their packets never reach POSTROUTING): no NAT stands between the two ends.
+# - --queue-bypass (nft: bypass): when the daemon is not running, FTP passes unchanged instead
+#   of being dropped, and the kernel still applies the offsets already written.
+# - With a queue range (--queue-balance), the kernel spreads packets by their addresses; one
+#   process must serve the whole range (the two directions may hash to different queues).
 set -e
 
 ftp_alg_check() {
@@ -67,25 +58,25 @@ ftp_alg_apply() {
 	while iptables -w -t raw -D OUTPUT -j FTP_ALG 2>/dev/null; do :; done
 	iptables -w -t raw -N FTP_ALG 2>/dev/null || iptables -w -t raw -F FTP_ALG
 	iptables -w -t raw -A FTP_ALG -p tcp -m multiport --dports 21,2121 -j CT --helper sane
-	iptables -w -t raw -A FTP_ALG -p tcp -m multiport --sports 21,2121 -j NFQUEUE --queue-num 0 --queue-bypass
 	iptables -w -t raw -C PREROUTING -j FTP_ALG 2>/dev/null || iptables -w -t raw -I PREROUTING 1 -j FTP_ALG
 	iptables -w -t raw -N FTP_ALG_OUT 2>/dev/null || iptables -w -t raw -F FTP_ALG_OUT
 	iptables -w -t raw -A FTP_ALG_OUT -p tcp -m multiport --dports 21,2121 -j CT --helper sane
 	iptables -w -t raw -C OUTPUT -j FTP_ALG_OUT 2>/dev/null || iptables -w -t raw -I OUTPUT 1 -j FTP_ALG_OUT
 	iptables -w -t mangle -N FTP_ALG 2>/dev/null || iptables -w -t mangle -F FTP_ALG
-	iptables -w -t mangle -A FTP_ALG -p tcp -m multiport --dports 21,2121 -j NFQUEUE --queue-num 0 --queue-bypass
+	iptables -w -t mangle -A FTP_ALG -p tcp -m multiport --dports 21,2121 -m conntrack --ctstate ESTABLISHED -m bpf --bytecode '10,177 0 0 0,80 0 0 12,84 0 0 240,116 0 0 2,12 0 0 0,7 0 0 0,40 0 0 2,45 0 1 0,6 0 0 1,6 0 0 0' -j NFQUEUE --queue-num 0 --queue-bypass
+	iptables -w -t mangle -A FTP_ALG -p tcp -m multiport --sports 21,2121 -m conntrack --ctstate ESTABLISHED -m bpf --bytecode '10,177 0 0 0,80 0 0 12,84 0 0 240,116 0 0 2,12 0 0 0,7 0 0 0,40 0 0 2,45 0 1 0,6 0 0 1,6 0 0 0' -j NFQUEUE --queue-num 0 --queue-bypass
 	iptables -w -t mangle -C POSTROUTING -j FTP_ALG 2>/dev/null || iptables -w -t mangle -I POSTROUTING 1 -j FTP_ALG
 	while ip6tables -w -t raw -D PREROUTING -j FTP_ALG_OUT 2>/dev/null; do :; done
 	while ip6tables -w -t raw -D OUTPUT -j FTP_ALG 2>/dev/null; do :; done
 	ip6tables -w -t raw -N FTP_ALG 2>/dev/null || ip6tables -w -t raw -F FTP_ALG
 	ip6tables -w -t raw -A FTP_ALG -p tcp -m multiport --dports 21,2121 -j CT --helper sane
-	ip6tables -w -t raw -A FTP_ALG -p tcp -m multiport --sports 21,2121 -j NFQUEUE --queue-num 0 --queue-bypass
 	ip6tables -w -t raw -C PREROUTING -j FTP_ALG 2>/dev/null || ip6tables -w -t raw -I PREROUTING 1 -j FTP_ALG
 	ip6tables -w -t raw -N FTP_ALG_OUT 2>/dev/null || ip6tables -w -t raw -F FTP_ALG_OUT
 	ip6tables -w -t raw -A FTP_ALG_OUT -p tcp -m multiport --dports 21,2121 -j CT --helper sane
 	ip6tables -w -t raw -C OUTPUT -j FTP_ALG_OUT 2>/dev/null || ip6tables -w -t raw -I OUTPUT 1 -j FTP_ALG_OUT
 	ip6tables -w -t mangle -N FTP_ALG 2>/dev/null || ip6tables -w -t mangle -F FTP_ALG
-	ip6tables -w -t mangle -A FTP_ALG -p tcp -m multiport --dports 21,2121 -j NFQUEUE --queue-num 0 --queue-bypass
+	ip6tables -w -t mangle -A FTP_ALG -p tcp -m multiport --dports 21,2121 -m conntrack --ctstate ESTABLISHED -m bpf --bytecode '10,48 0 0 6,21 0 6 6,48 0 0 52,84 0 0 240,116 0 0 2,7 0 0 0,40 0 0 4,45 0 1 0,6 0 0 1,6 0 0 0' -j NFQUEUE --queue-num 0 --queue-bypass
+	ip6tables -w -t mangle -A FTP_ALG -p tcp -m multiport --sports 21,2121 -m conntrack --ctstate ESTABLISHED -m bpf --bytecode '10,48 0 0 6,21 0 6 6,48 0 0 52,84 0 0 240,116 0 0 2,7 0 0 0,40 0 0 4,45 0 1 0,6 0 0 1,6 0 0 0' -j NFQUEUE --queue-num 0 --queue-bypass
 	ip6tables -w -t mangle -C POSTROUTING -j FTP_ALG 2>/dev/null || ip6tables -w -t mangle -I POSTROUTING 1 -j FTP_ALG
 }
 

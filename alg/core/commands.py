@@ -101,13 +101,16 @@ Command = Accept | Drop | Lookup | Reserve | Withdraw | WriteSeqAdj | Report
 
 
 class Found(NamedTuple):
-    """The conntrack entry of `key`: its tuples (the NAT mapping) and seqadj records."""
+    """The conntrack entry of `key`: its tuples (the NAT mapping), seqadj records, and
+    whether it has the helper anchor (without it the kernel keeps no seqadj record and
+    accepts no expectation, so the gateway must not change the connection)."""
 
     key: FlowKey
     original: FlowKey
     reply: FlowKey
     seqadj_original: SeqAdjRecord | None = None
     seqadj_reply: SeqAdjRecord | None = None
+    anchored: bool = True
 
 
 class NotFound(NamedTuple):

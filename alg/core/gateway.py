@@ -217,6 +217,18 @@ class Gateway:
         if known is not None:
             self._index(known[0])
             return known[0]
+        if not found.anchored:
+            self._ctx.count("not-anchored")
+            self._ctx.report(
+                out,
+                Report(
+                    EventKind.UNTRACKED,
+                    0,
+                    "the connection has no helper anchor (it began before the rules were "
+                    "applied?): passed untouched",
+                ),
+            )
+            return None
         if len(self._sessions) >= self.config.max_sessions:
             self._ctx.report(
                 out,

@@ -16,6 +16,7 @@ import socket
 from alg.core import DataExpectation, Dir, FlowKey, Found, NotFound, SeqAdjRecord
 from alg.kernel.ctnetlink import Ctnetlink
 from alg.kernel.cttypes import CtnetlinkError, ExpectationExists, SeqAdj, Tuple
+from alg.kernel.rules import ANCHOR_HELPER
 
 log = logging.getLogger("ftp-alg")
 _TCP = 6
@@ -94,6 +95,7 @@ class Kernel:
             to_key(entry.reply),
             _record(entry.seqadj_original),
             _record(entry.seqadj_reply),
+            anchored=entry.helper == ANCHOR_HELPER,
         )
 
     def write_seqadj(self, original: FlowKey, direction: Dir, record: SeqAdjRecord) -> bool:

@@ -21,11 +21,11 @@ class Chain:
     hook: str  # the built-in chain that jumps to it
 
 
-# raw PREROUTING: the anchor, and the queue for packets from the control ports (before conntrack)
+# raw PREROUTING: the anchor, before conntrack creates the connection (and before DNAT)
 RAW_IN = Chain("raw", "FTP_ALG", "PREROUTING")
-# raw OUTPUT: the anchor only, for the router's own connections
+# raw OUTPUT: the anchor, for the router's own connections
 RAW_OUT = Chain("raw", "FTP_ALG_OUT", "OUTPUT")
-# mangle POSTROUTING: the queue for packets to the control ports (after conntrack, before SNAT)
+# mangle POSTROUTING: the queue, both directions (after conntrack and DNAT, before SNAT)
 MANGLE_POST = Chain("mangle", "FTP_ALG", "POSTROUTING")
 CHAINS = (RAW_IN, RAW_OUT, MANGLE_POST)
 TABLES = ("raw", "mangle")
@@ -34,53 +34,56 @@ ANCHOR_HELPER = "sane"
 TOOLS = {4: "iptables", 6: "ip6tables"}
 MAX_PORTS = 15  # the multiport match's limit
 
+# Classic BPF for `-m bpf`: true when the packet carries TCP payload. The program sees the
+# packet from its IP header. IPv4: total length > IP header + TCP header lengths. IPv6: if
+# TCP follows the fixed header, payload length > TCP header length; with extension headers
+# the program cannot find TCP cheaply and says yes (queued: the core reads them).
+# (A u32 "payload length" match misses segments shorter than 4 bytes: linux-facts.)
+PAYLOAD_BPF = {
+    4: "10,177 0 0 0,80 0 0 12,84 0 0 240,116 0 0 2,12 0 0 0,7 0 0 0,40 0 0 2,45 0 1 0,"
+    "6 0 0 1,6 0 0 0",
+    6: "10,48 0 0 6,21 0 6 6,48 0 0 52,84 0 0 240,116 0 0 2,7 0 0 0,40 0 0 4,45 0 1 0,"
+    "6 0 0 1,6 0 0 0",
+}
+
 WHY = """\
 Why these rules:
-- The ALG changes the length of PORT/EPRT lines (client -> server) and 227/229 lines
-  (server -> client) and shifts every later seq and ack itself, so from the first such
-  rewrite on, client and server number the same bytes differently. conntrack checks each
-  packet's ack against the data it has seen going the other way, so it must see the whole
-  control connection in ONE sequence space. These rules make that the client's:
-  - packets to the control ports (client -> server, conntrack's original direction) go to
-    NFQUEUE in mangle POSTROUTING, after conntrack has tracked them exactly as the client
-    sent them (and before SNAT). The ALG rewrites them and shifts them into the server's
-    numbering there, where conntrack no longer looks.
-  - packets from the control ports (server -> client, the reply direction) go to NFQUEUE in
-    raw PREROUTING, before conntrack. The ALG rewrites 227/229 and maps their seq and ack
-    into the client's numbering there, so conntrack sees them as the client will.
-- Queueing both directions in raw, before conntrack, is wrong: conntrack then sees every
-  packet in the numbering of its receiver, the client's rewritten data in the server's and
-  the server's acks for it in the client's (likewise for 227/229 the other way). After a
-  rewrite that shortens a line, the acks lie beyond anything conntrack saw sent ("ACK over
-  upper bound"): they are marked INVALID, not de-NATed, and the router answers with RST. A
-  lengthening rewrite only makes the acks lag behind, which conntrack tolerates, so the fault
-  hides there. Queueing both after conntrack (mangle FORWARD) mixes the numberings the other
-  way round and fails on lengthening rewrites.
-- The router's own FTP clients: their packets pass mangle POSTROUTING too and the replies
-  come in through PREROUTING, so raw OUTPUT queues nothing (that would queue them twice); it
-  only attaches the anchor. Connections to an FTP server on the router itself are not queued
-  at all (their client packets never reach POSTROUTING): no NAT stands between the two ends.
-- In mangle POSTROUTING a port-forwarded (DNATed) control connection already shows the inside
-  server's address and port, as its replies do in raw PREROUTING: if a port forward changes
-  the port, list both the public and the inside port.
-- --queue-bypass (nft: bypass): when the daemon is not running, FTP passes unchanged instead
-  of being dropped.
-- The kernel creates an expectation (ctnetlink EXP_NEW) only for a connection that has a
-  conntrack helper, and this kernel has no user-space helpers (nfnetlink_cthelper). The `sane`
-  helper only parses the SANE scanner protocol's binary requests, never FTP text, so it serves
-  as an inert anchor. Never attach the `ftp` helper as well: it would rewrite and expect on
-  its own, behind the ALG's back.
+- The kernel holds the sequence state. When ftp-alg changes the length of a PORT/EPRT line
+  (client -> server) or a 227/229 line (server -> client), it writes the correction into the
+  connection's conntrack seqadj record (ctnetlink, CTA_SEQ_ADJ_ORIG/REPLY) before the
+  segment's verdict. From then on conntrack shifts seq, ack and SACK of every later packet
+  itself, at the end of POSTROUTING, and its window tracking allows for the shift. A
+  restarted daemon reads the record back; conntrackd carries it to a standby router.
+- So only segments that carry payload go to the queue: pure ACKs, SYNs and FINs without data
+  never leave the kernel (the -m bpf program compares the IP length with the headers').
+- Both directions are queued in mangle POSTROUTING: after conntrack, so conntrack sees every
+  packet as its sender sent it (one consistent numbering per direction), and before SNAT
+  and before the shift, so ftp-alg sees inside addresses and the sender's numbers. A reply
+  from a port-forwarded server is queued there before its un-DNAT.
+- Only ESTABLISHED connections enter the queue (conntrack has seen both directions): junk,
+  INVALID and untracked packets, and one-way floods that conntrack's loose pick-up tracks as
+  NEW, never reach ftp-alg and cannot fill its queue. (`-m helper` cannot test the anchor: it
+  matches a connection's master's helper.) A queued connection without the anchor (one that
+  began before the rules were applied) is passed untouched by ftp-alg: without the anchor
+  the kernel would neither keep its seqadj record nor accept its expectations.
+- The kernel creates an expectation (ctnetlink EXP_NEW) and keeps a seqadj record only for a
+  connection that has a conntrack helper, and this kernel has no user-space helpers
+  (nfnetlink_cthelper). The `sane` helper only parses the SANE scanner protocol's binary
+  requests, never FTP text, so it serves as an inert anchor. Never attach the `ftp` helper as
+  well: it would rewrite and expect on its own, behind the ALG's back.
 - The anchor matches the destination port as packets arrive, before DNAT, so port-forwarded
   control connections (server behind the router) get it too; a rule on the inside address
-  would never match.
-- iptables: in raw the anchor rule comes before the NFQUEUE rule, because a packet accepted
-  from the queue continues at the next hook, not at the next rule. It matches every packet:
-  in raw, conntrack has not run (no --ctstate NEW), and the CT target's template is only used
-  when conntrack creates the connection, so later packets are unaffected.
-- With a queue range (--queue-balance), the kernel spreads packets by their addresses where
-  they are queued; the two directions are queued on different sides of NAT, so one
-  connection's packets can land on different queues: one process must serve the whole
-  range."""
+  would never match. It is attached in raw, before conntrack creates the connection: the CT
+  target's template is only used then, so later packets are unaffected.
+- In mangle POSTROUTING a port-forwarded (DNATed) control connection already shows the inside
+  server's port: if a port forward changes the port, list both the public and the inside port.
+- The router's own FTP clients: their packets pass mangle POSTROUTING too; raw OUTPUT only
+  attaches the anchor. Connections to an FTP server on the router itself are not queued at
+  all (their packets never reach POSTROUTING): no NAT stands between the two ends.
+- --queue-bypass (nft: bypass): when the daemon is not running, FTP passes unchanged instead
+  of being dropped, and the kernel still applies the offsets already written.
+- With a queue range (--queue-balance), the kernel spreads packets by their addresses; one
+  process must serve the whole range (the two directions may hash to different queues)."""
 
 
 @dataclass(frozen=True)
@@ -165,14 +168,19 @@ def _queue_target(opts: RuleOptions) -> tuple[str, ...]:
     return ("-j", "NFQUEUE", "--queue-num", str(opts.queue_num), "--queue-bypass")
 
 
-def iptables_rules(opts: RuleOptions) -> dict[Chain, tuple[tuple[str, ...], ...]]:
-    """The rules inside each of our chains, in order (the same for both families)."""
+def iptables_rules(opts: RuleOptions, family: int = 4) -> dict[Chain, tuple[tuple[str, ...], ...]]:
+    """The rules inside each of our chains, in order."""
     to_ports = _port_match("dport", opts.ports)
     anchor = (*to_ports, "-j", "CT", "--helper", ANCHOR_HELPER)
+    inspect = ("-m", "conntrack", "--ctstate", "ESTABLISHED", "-m", "bpf", "--bytecode")
+    payload = (*inspect, PAYLOAD_BPF[family], *_queue_target(opts))
     return {
-        RAW_IN: (anchor, (*_port_match("sport", opts.ports), *_queue_target(opts))),
+        RAW_IN: (anchor,),
         RAW_OUT: (anchor,),
-        MANGLE_POST: ((*to_ports, *_queue_target(opts)),),
+        MANGLE_POST: (
+            (*to_ports, *payload),
+            (*_port_match("sport", opts.ports), *payload),
+        ),
     }
 
 
@@ -196,7 +204,7 @@ def apply_steps(opts: RuleOptions) -> list[Step]:
             for table, hook, chain in _all_jumps()
             if (table, hook, chain) not in wanted
         ]
-        for chain, rules in iptables_rules(opts).items():
+        for chain, rules in iptables_rules(opts, family).items():
             steps.append(Step("chain", tool, chain.table, chain.name))
             steps += [Step("rule", tool, chain.table, chain.name, args=rule) for rule in rules]
             steps.append(Step("jump", tool, chain.table, chain.name, hook=chain.hook))
@@ -222,7 +230,7 @@ def shell_line(step: Step) -> str:
     if step.kind == "chain":
         return f"{ipt} -N {chain} 2>/dev/null || {ipt} -F {chain}"
     if step.kind == "rule":
-        return f"{ipt} -A {chain} {' '.join(step.args)}"
+        return f"{ipt} -A {chain} {' '.join(map(_quote, step.args))}"
     if step.kind == "jump":
         return f"{ipt} -C {step.hook} -j {chain} 2>/dev/null || {ipt} -I {step.hook} 1 -j {chain}"
     if step.kind == "unjump":
@@ -234,6 +242,10 @@ def shell_line(step: Step) -> str:
             f" then nft delete table {family} {step.table}; fi"
         )
     return f"if {ipt} -F {chain} 2>/dev/null; then {ipt} -X {chain}; fi"
+
+
+def _quote(arg: str) -> str:
+    return f"'{arg}'" if " " in arg else arg
 
 
 def _comment(text: str) -> str:
@@ -296,11 +308,13 @@ def _nft_queue(opts: RuleOptions) -> str:
 def render_nft(opts: RuleOptions | None = None) -> str:
     """`table inet ftp_alg`; loading the file replaces the table (so it is idempotent).
 
-    The queues sit where the iptables ones do: packets from the control ports at prerouting,
-    priority raw (before conntrack), packets to them at postrouting, priority mangle (after
-    conntrack, before SNAT). The anchor is a `ct helper` object set after conntrack (priority
-    mangle, still before DNAT) on new connections, since nft cannot attach a helper before
-    conntrack runs.
+    The queue sits where the iptables one does: both directions at postrouting, priority
+    mangle (after conntrack, before SNAT), only established anchored connections. nft
+    cannot compare the IP length with the headers' lengths (no arithmetic between packet
+    fields), so pure ACKs are queued too here; the core passes them unchanged and the kernel
+    shifts them. The anchor is a `ct helper` object set after conntrack (priority mangle,
+    still before DNAT) on new connections, since nft cannot attach a helper before conntrack
+    runs.
     """
     opts = opts or RuleOptions()
     only = "" if len(opts.families) == 2 else f"meta nfproto ipv{opts.families[0]} "
@@ -315,8 +329,8 @@ def render_nft(opts: RuleOptions | None = None) -> str:
             "\t}",
         ]
 
-    reply_queue = [f"{only}tcp sport {ports} {queue}"]
-    original_queue = [f"{only}tcp dport {ports} {queue}"]
+    anchored = f'ct state established ct helper "{ANCHOR_HELPER}"'
+    queue_rules = [f"{only}tcp {way} {ports} {anchored} {queue}" for way in ("dport", "sport")]
     anchor_rules = [f'{only}tcp dport {ports} ct state new ct helper set "ftp_alg_anchor"']
     body = [
         "#!/usr/sbin/nft -f",
@@ -336,9 +350,7 @@ def render_nft(opts: RuleOptions | None = None) -> str:
         f'\t\ttype "{ANCHOR_HELPER}" protocol tcp',
         "\t}",
         "",
-        *chain("queue_prerouting", "prerouting", "raw", reply_queue),
-        "",
-        *chain("queue_postrouting", "postrouting", "mangle", original_queue),
+        *chain("queue_postrouting", "postrouting", "mangle", queue_rules),
         "",
         *chain("anchor_prerouting", "prerouting", "mangle", anchor_rules),
         "",

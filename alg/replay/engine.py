@@ -330,7 +330,7 @@ class Replay:
         conn = self.conns.get(key)
         if conn is None:
             return NotFound(key)
-        return Found(key, conn.original, conn.reply, *conn.records)
+        return Found(key, conn.original, conn.reply, conn.records[0], conn.records[1])
 
     def _flush(self, now: float) -> Iterator[tuple[Frame, bytes | None]]:
         if self._held or not self._deferred:

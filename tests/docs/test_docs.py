@@ -29,6 +29,7 @@ import pytest
 
 from alg.cli import build_parser
 from alg.core.config import Config
+from alg.core.reports import EventKind, Reason
 from alg.daemon.settings import Settings, load
 from alg.kernel import rules
 
@@ -267,18 +268,8 @@ def _callee(call: ast.Call) -> str:
 
 
 def refusal_reasons() -> set[str]:
-    """The reason codes the core refuses with (`_refuse(s, out, REASON, ...)` in ftp.py, and
-    `Event("refusal", ..., REASON)` anywhere in the core)."""
-    reasons: set[str] = set()
-    calls = [c for path in sorted((ROOT / "alg/core").glob("*.py")) for c in _calls(path)]
-    for call in calls:
-        if _callee(call) == "_refuse" and len(call.args) > 2:
-            reasons |= _strings(call.args[2])
-        elif _callee(call) == "Event" and _strings(call.args[0]) == {"refusal"}:
-            reason = [k.value for k in call.keywords if k.arg == "reason"]
-            reasons |= _strings(call.args[3]) if len(call.args) > 3 else set()
-            reasons |= set().union(*(_strings(r) for r in reason))
-    return reasons
+    """The reasons the core refuses with: the `Reason` enum, the one place they are named."""
+    return {str(r) for r in Reason}
 
 
 def _backticked(text: str) -> set[str]:
@@ -305,9 +296,9 @@ def counters_and_events() -> set[str]:
     for path in _package_files():
         for call in _calls(path):
             callee = _callee(call)
-            if callee in ("count", "_count", "Event") and call.args:
+            if callee in ("count", "_count") and call.args:
                 names |= _constant(call.args[0])
-    return names
+    return names | {str(k) for k in EventKind}
 
 
 def _counter_table() -> set[str]:

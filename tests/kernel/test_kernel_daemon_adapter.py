@@ -1,5 +1,6 @@
-"""The daemon's kernel adapter (alg/daemon/conntrack.py) against real conntrack expectations:
-ownership when several sessions use the same data tuple one after the other."""
+"""The daemon's kernel adapter (alg/daemon/conntrack.py) against real conntrack: expectation
+ownership when several sessions use the same data tuple one after the other, fixed ports, and
+the seqadj record written and read back (what a restarted daemon or a standby router finds)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import ipaddress
 
 import pytest
 
-from alg.core import Dir, Expectation, Kind
+from alg.core import DataExpectation, Dir, Found, Kind, SeqAdjRecord
 from alg.daemon.conntrack import Kernel, to_key
 from alg.kernel.ctnetlink import Ctnetlink, Tuple
 from tests.kernel.lab import INSIDE4, OUTSIDE4, ROUTER_OUT4, Lab
@@ -19,8 +20,8 @@ def _raw(text: str) -> bytes:
     return ipaddress.ip_address(text).packed
 
 
-def _expectation(session: int, master: Tuple, port: int) -> Expectation:
-    return Expectation(
+def _expectation(session: int, master: Tuple, port: int) -> DataExpectation:
+    return DataExpectation(
         session,
         Kind.PORT,
         4,
@@ -47,12 +48,58 @@ def test_an_ended_session_does_not_delete_a_newer_sessions_expectation(
         masters.append(Tuple(4, 6, src, OUTSIDE4, sport, 21))
     kernel = Kernel(ct, tries=4, port_range=(50000, 60000))
     first, second = _expectation(1, masters[0], 45000), _expectation(2, masters[1], 45000)
-    assert kernel.choose_port(first) == 45000
+    assert kernel.reserve(first) == 45000
     expected = Tuple(4, 6, OUTSIDE4, ROUTER_OUT4, 0, 45000)
     assert ct.delete_expectation(expected)  # as if the data connection had used it
-    assert kernel.choose_port(second) == 45000  # the client reused the data port
+    assert kernel.reserve(second) == 45000  # the client reused the data port
     kernel.withdraw(first)  # session 1 ends after its linger
     listed = ct.list_expectations()
     assert [(e.expected, e.master) for e in listed] == [(expected, masters[1])]
     kernel.withdraw(second)
     assert ct.list_expectations() == []
+
+
+def _controls(lab: Lab, n: int) -> list[Tuple]:
+    assert lab.ftp_alg("rules", "apply").returncode == 0
+    lab.listen(lab.outside, OUTSIDE4, 21)
+    return [_connect(lab) for _ in range(n)]
+
+
+def _connect(lab: Lab) -> Tuple:
+    sock = lab.connect(lab.inside, OUTSIDE4, 21)
+    src, sport = sock.getsockname()[:2]
+    return Tuple(4, 6, src, OUTSIDE4, sport, 21)
+
+
+def test_a_fixed_port_taken_by_another_session_is_not_replaced(lab: Lab, ct: Ctnetlink) -> None:
+    """A forward (the announcer names its own public port) cannot move to another port."""
+    master, other = _controls(lab, 2)
+    kernel = Kernel(ct, tries=4, port_range=(50000, 60000))
+    assert kernel.reserve(_expectation(1, master, 45001), fixed=True) == 45001
+    assert kernel.reserve(_expectation(2, other, 45001), fixed=True) is None
+    assert kernel.counters["expectation-port-taken"] == 1
+    moved = kernel.reserve(_expectation(2, other, 45001))  # not fixed: another port
+    assert moved is not None and moved != 45001
+    kernel.withdraw_all()
+    assert ct.list_expectations() == []
+
+
+def test_seqadj_record_is_written_and_read_back(lab: Lab, ct: Ctnetlink) -> None:
+    """The record lives in conntrack: a daemon that knows nothing finds it by look-up."""
+    (master,) = _controls(lab, 1)
+    kernel = Kernel(ct, tries=4, port_range=(50000, 60000))
+    key = to_key(master)
+    found = kernel.lookup(key)
+    assert isinstance(found, Found) and found.original == key and found.anchored
+    assert found.seqadj_original is None and found.seqadj_reply is None  # nothing set yet
+    record = SeqAdjRecord(0xFFFFFFF0, -2, 3)  # near the wrap, a shrink then a growth
+    assert kernel.write_seqadj(key, Dir.ORIGINAL, record)
+    reply_record = SeqAdjRecord(1234, 0, -1)
+    assert kernel.write_seqadj(key, Dir.REPLY, reply_record)
+    again = Kernel(ct, tries=4, port_range=(50000, 60000)).lookup(key)  # "after a restart"
+    assert isinstance(again, Found)
+    assert again.seqadj_original == record
+    assert again.seqadj_reply == reply_record
+    # The server side of the same connection finds the same entry (reply view turned round).
+    reverse = (key[2], key[3], key[0], key[1])
+    assert kernel.lookup(reverse) == again._replace(key=reverse)

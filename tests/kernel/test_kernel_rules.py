@@ -27,23 +27,35 @@ def test_rules_folder_matches_the_renderer() -> None:
 
 
 def test_queue_placement_and_anchor_order() -> None:
-    """To the control ports: mangle POSTROUTING (after conntrack); from them: raw PREROUTING
-    (before conntrack), after the anchor; raw OUTPUT: the anchor only, nothing queued."""
-    chains = rules.iptables_rules(rules.RuleOptions())
-    placed = {(c.table, c.hook): c.name for c in chains}
-    assert placed == {
-        ("raw", "PREROUTING"): "FTP_ALG",
-        ("raw", "OUTPUT"): "FTP_ALG_OUT",
-        ("mangle", "POSTROUTING"): "FTP_ALG",
-    }
-    raw_in, raw_out, mangle = (chains[c] for c in (rules.RAW_IN, rules.RAW_OUT, rules.MANGLE_POST))
-    anchor = ("-p", "tcp", "-m", "multiport", "--dports", "21,2121", "-j", "CT", "--helper", "sane")
-    assert raw_in[0] == anchor and raw_out == (anchor,)
-    assert len(raw_in) == 2 and "NFQUEUE" in raw_in[1] and "--sports" in raw_in[1]
-    assert len(mangle) == 1 and "NFQUEUE" in mangle[0] and "--dports" in mangle[0]
-    every = [rule for chain in chains.values() for rule in chain]
-    assert sum("NFQUEUE" in rule for rule in every) == 2  # each direction queued once
-    assert not any(flag in rule for rule in every for flag in ("-d", "-s", "--helper ftp"))
+    """Both directions queued once, in mangle POSTROUTING (after conntrack), only anchored
+    connections, only payload; raw PREROUTING and OUTPUT: the anchor only."""
+    for family in (4, 6):
+        chains = rules.iptables_rules(rules.RuleOptions(), family)
+        placed = {(c.table, c.hook): c.name for c in chains}
+        assert placed == {
+            ("raw", "PREROUTING"): "FTP_ALG",
+            ("raw", "OUTPUT"): "FTP_ALG_OUT",
+            ("mangle", "POSTROUTING"): "FTP_ALG",
+        }
+        raw_in, raw_out, mangle = (
+            chains[c] for c in (rules.RAW_IN, rules.RAW_OUT, rules.MANGLE_POST)
+        )
+        anchor = (
+            *("-p", "tcp", "-m", "multiport", "--dports", "21,2121"),
+            *("-j", "CT", "--helper", "sane"),
+        )
+        assert raw_in == (anchor,) and raw_out == (anchor,)
+        assert [("--dports" in r, "--sports" in r) for r in mangle] == [
+            (True, False),
+            (False, True),
+        ]
+        for rule in mangle:
+            assert rule[rule.index("--ctstate") + 1] == "ESTABLISHED"
+            assert rule[rule.index("--bytecode") + 1] == rules.PAYLOAD_BPF[family]
+            assert rule[-5:] == ("-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass")
+        every = [rule for chain in chains.values() for rule in chain]
+        assert sum("NFQUEUE" in rule for rule in every) == 2  # each direction queued once
+        assert not any(flag in rule for rule in every for flag in ("-d", "-s", "--helper ftp"))
 
 
 def test_nft_queue_placement() -> None:
@@ -52,23 +64,20 @@ def test_nft_queue_placement() -> None:
         re.findall(r"chain (\w+) \{\n\t\ttype filter hook ([a-z]+ priority [a-z]+);", nft)
     )
     assert chains == {
-        "queue_prerouting": "prerouting priority raw",
         "queue_postrouting": "postrouting priority mangle",
         "anchor_prerouting": "prerouting priority mangle",
         "anchor_output": "output priority mangle",
     }
-    body = nft.split("chain queue_prerouting")[1]
-    prerouting, postrouting = body.split("chain queue_postrouting")
-    assert "tcp sport { 21, 2121 } queue" in prerouting and "dport" not in prerouting
-    postrouting = postrouting.split("chain anchor_prerouting")[0]
-    assert "tcp dport { 21, 2121 } queue" in postrouting and "sport" not in postrouting
+    postrouting = nft.split("chain queue_postrouting")[1].split("chain anchor_prerouting")[0]
+    assert 'tcp dport { 21, 2121 } ct state established ct helper "sane" queue' in postrouting
+    assert 'tcp sport { 21, 2121 } ct state established ct helper "sane" queue' in postrouting
     assert nft.count(" queue num ") == 2
 
 
-def test_why_text_explains_the_sequence_space() -> None:
+def test_why_text_explains_where_the_state_lives() -> None:
     why = " ".join(rules.WHY.split())
-    assert "ONE sequence space" in why and "mangle POSTROUTING" in why
-    assert "ACK over upper bound" in why
+    assert "seqadj record" in why and "mangle POSTROUTING" in why
+    assert "pure ACKs" in why and "ESTABLISHED" in why
 
 
 def test_render_options() -> None:
@@ -76,14 +85,16 @@ def test_render_options() -> None:
     script = rules.render_iptables_script(opts)
     assert "ip6tables -w" not in script
     assert "--dport 2121 -j CT --helper sane" in script
-    assert (
-        "iptables -w -t mangle -A FTP_ALG -p tcp --dport 2121 -j NFQUEUE --queue-balance 2:5"
-        " --queue-bypass" in script
-    )
-    assert "iptables -w -t raw -A FTP_ALG -p tcp --sport 2121 -j NFQUEUE" in script
+    bpf = f"-m conntrack --ctstate ESTABLISHED -m bpf --bytecode '{rules.PAYLOAD_BPF[4]}'"
+    for way in ("dport", "sport"):
+        assert (
+            f"iptables -w -t mangle -A FTP_ALG -p tcp --{way} 2121 {bpf} -j NFQUEUE"
+            " --queue-balance 2:5 --queue-bypass" in script
+        )
+    assert "-t raw -A FTP_ALG -p tcp --sport" not in script
     nft = rules.render_nft(opts)
-    assert "meta nfproto ipv4 tcp dport 2121 queue num 2-5 bypass" in nft
-    assert "meta nfproto ipv4 tcp sport 2121 queue num 2-5 bypass" in nft
+    for way in ("dport", "sport"):
+        assert f'meta nfproto ipv4 tcp {way} 2121 ct state established ct helper "sane" queue num 2-5 bypass' in nft
 
 
 @pytest.mark.parametrize(
@@ -186,16 +197,20 @@ def test_apply_twice_then_remove_restores_every_table(lab: Lab) -> None:
                 "-A PREROUTING -p tcp -m tcp --dport 21 -j ACCEPT",
             ]
             ports = "-p tcp -m multiport"
-            queue = "-j NFQUEUE --queue-num 0 --queue-bypass"
+            family = 6 if tool == "ip6tables" else 4
+            queue = (
+                f'-m conntrack --ctstate ESTABLISHED -m bpf --bytecode "{rules.PAYLOAD_BPF[family]}"'
+                " -j NFQUEUE --queue-num 0 --queue-bypass"
+            )
             assert [line for line in raw if line.startswith("-A FTP_ALG ")] == [
                 f"-A FTP_ALG {ports} --dports 21,2121 -j CT --helper sane",
-                f"-A FTP_ALG {ports} --sports 21,2121 {queue}",
             ]
             assert [line for line in raw if line.startswith("-A FTP_ALG_OUT ")] == [
                 f"-A FTP_ALG_OUT {ports} --dports 21,2121 -j CT --helper sane",
             ]
             assert [line for line in mangle if line.startswith("-A FTP_ALG ")] == [
                 f"-A FTP_ALG {ports} --dports 21,2121 {queue}",
+                f"-A FTP_ALG {ports} --sports 21,2121 {queue}",
             ]
 
         shown = lab.ftp_alg("rules", "show")
@@ -203,7 +218,9 @@ def test_apply_twice_then_remove_restores_every_table(lab: Lab) -> None:
         for tool in ("iptables", "ip6tables"):
             assert f"# {tool} -t raw\n" in shown.stdout
             assert f"# {tool} -t mangle\n" in shown.stdout
-        assert shown.stdout.count("--helper sane") == 4  # PREROUTING and OUTPUT, per family
+        # per family: the anchor in PREROUTING and OUTPUT, the match on both queue rules
+        assert shown.stdout.count("-j CT --helper sane") == 4
+        assert shown.stdout.count("--ctstate ESTABLISHED") == 4
         assert shown.stdout.count("-j NFQUEUE") == 4  # one per direction, per family
 
         done = lab.ftp_alg("rules", "remove")
@@ -219,9 +236,10 @@ def test_family_option_touches_one_family(lab: Lab) -> None:
     done = lab.ftp_alg("rules", "apply", "--family", "4", "--ports", "21", "--queue-num", "3")
     assert done.returncode == 0, done.stderr
     v4 = lab.run(lab.router, "iptables", "-w", "-t", "mangle", "-S", "FTP_ALG").stdout
-    assert "--dport 21 -j NFQUEUE --queue-num 3 --queue-bypass" in v4
+    for way in ("dport", "sport"):
+        assert re.search(f"--{way} 21 .*-j NFQUEUE --queue-num 3 --queue-bypass", v4)
     v4 = lab.run(lab.router, "iptables", "-w", "-t", "raw", "-S", "FTP_ALG").stdout
-    assert "--sport 21 -j NFQUEUE --queue-num 3 --queue-bypass" in v4
+    assert "NFQUEUE" not in v4 and "--dport 21 -j CT --helper sane" in v4
     for table, chain in (("raw", "FTP_ALG"), ("raw", "FTP_ALG_OUT"), ("mangle", "FTP_ALG")):
         v6 = lab.run(lab.router, "ip6tables", "-w", "-t", table, "-S", chain, check=False)
         assert v6.returncode != 0  # no chain
@@ -336,9 +354,9 @@ _PATHS = {
 @pytest.mark.parametrize("path", list(_PATHS))
 def test_queue_placement_in_the_kernel(lab: Lab, path: str) -> None:
     """With the rules applied and no queue reader (no daemon), FTP control traffic passes
-    (--queue-bypass), and every packet is queued exactly once, where it must be: each one the
-    client sent in mangle POSTROUTING, each one the server sent in raw PREROUTING. conntrack's
-    own per-direction accounting of the connection is the independent count."""
+    (--queue-bypass), and exactly the segments that carry payload are queued, once each, in
+    mangle POSTROUTING: the PORT line and the 200 reply, never a SYN, pure ACK or FIN.
+    conntrack's own per-direction accounting of the connection is the independent count."""
     client_ns, server_ns, listen_addr, connect_addr, family = _PATHS[path]
     tool = rules.TOOLS[family]
     acct = lab.run(lab.router, "sysctl", "-n", "net.netfilter.nf_conntrack_acct").stdout.strip()
@@ -366,15 +384,17 @@ def test_queue_placement_in_the_kernel(lab: Lab, path: str) -> None:
             raw_out = _rule_packets(lab, tool, "raw", "FTP_ALG_OUT")
             mangle = _rule_packets(lab, tool, "mangle", "FTP_ALG")
             original, reply = _acct(lab, f"ipv{family}", sport)
-            if mangle[0][1] == original or time.monotonic() > deadline:
+            if (original >= 4 and reply >= 4) or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
         # SYN, ACK, data, FIN, ACK one way; SYN-ACK, ACKs, data, FIN the other, at least
         assert original >= 4 and reply >= 4
-        assert mangle == [("NFQUEUE", original)]
-        assert raw_in[1] == ("NFQUEUE", reply)
+        # The router's own client: the replies come in through INPUT, never POSTROUTING (no NAT
+        # stands between the ends, so there is nothing to rewrite in them).
+        replies_queued = 0 if client_ns == "router" else 1
+        assert mangle == [("NFQUEUE", 1), ("NFQUEUE", replies_queued)]
         assert raw_out == [("CT", original if client_ns == "router" else 0)]
-        assert raw_in[0] == ("CT", 0 if client_ns == "router" else original)
+        assert raw_in == [("CT", 0 if client_ns == "router" else original)]
     finally:
         lab.run(lab.router, "sysctl", "-qw", f"net.netfilter.nf_conntrack_acct={acct}")
 

@@ -240,8 +240,22 @@ def test_queue_balance_one_process_reads_every_queue(alg: LabHandle) -> None:
     router(alg, ftp_alg, "rules", "apply", "--ports", "21,2121", "--queue-balance", "0:1")
     with log.open("w") as err:
         daemon = subprocess.Popen(
-            ["ip", "netns", "exec", alg.ns("router"), ftp_alg, "run", "--queue-balance", "0:1",
-             "--ports", "21,2121", "--status-socket", str(sock)], stderr=err)
+            [
+                "ip",
+                "netns",
+                "exec",
+                alg.ns("router"),
+                ftp_alg,
+                "run",
+                "--queue-balance",
+                "0:1",
+                "--ports",
+                "21,2121",
+                "--status-socket",
+                str(sock),
+            ],
+            stderr=err,
+        )
     try:
         deadline = time.monotonic() + 10
         while not sock.exists() and time.monotonic() < deadline:
