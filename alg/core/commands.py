@@ -111,6 +111,7 @@ class Found(NamedTuple):
     seqadj_original: SeqAdjRecord | None = None
     seqadj_reply: SeqAdjRecord | None = None
     anchored: bool = True
+    conn_id: int = 0  # conntrack's CTA_ID: tells a connection from a later one on its tuple
 
 
 class NotFound(NamedTuple):

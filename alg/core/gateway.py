@@ -241,9 +241,12 @@ class Gateway:
                 ),
             )
             return None
-        fresh = bool(first.flags & SYN)
+        # Only payload is queued: a session seen from its start shows the server's greeting
+        # first. Anything else was joined mid-stream (a restart, a failover).
+        fresh = bool(first.flags & SYN) or first.payload.startswith(b"220")
         records = (found.seqadj_original, found.seqadj_reply)
         session = Session(self._ctx, (orig, reply), first.version, now, records, fresh)
+        session.conn_id = found.conn_id
         self._sessions[session.id] = session
         self._index(session)
         self._ctx.report(out, Report(EventKind.SESSION_NEW, session.id, "watching"))
@@ -316,11 +319,23 @@ class Gateway:
     # ---- lifetime ------------------------------------------------------------------------
 
     def forget(
-        self, key: FlowKey, reason: str = "conntrack destroyed the connection", now: float = 0.0
+        self,
+        key: FlowKey,
+        reason: str = "conntrack destroyed the connection",
+        now: float = 0.0,
+        conn_id: int = 0,
     ) -> list[Command]:
-        """Drop the session of a flow (any of its keys) and undo what it left."""
+        """Drop the session of a flow (any of its keys) and undo what it left. With the
+        destroyed connection's conntrack `conn_id`, a session of a newer connection on the
+        same tuple (a client reusing its port at once) is kept."""
         found = self._flows.get(key)
-        return self._remove(found[0], reason, now) if found is not None else []
+        if found is None:
+            return []
+        session = found[0]
+        if conn_id and session.conn_id and conn_id != session.conn_id:
+            self._ctx.count("destroy-event-older-connection")
+            return []
+        return self._remove(session, reason, now)
 
     def close(self, now: float = 0.0) -> list[Command]:
         """Shutting down: every queued packet gets its verdict, every expectation goes."""

@@ -42,6 +42,7 @@ class Session:
     __slots__ = (
         "busy",
         "closing_at",
+        "conn_id",
         "ctx",
         "expect",
         "expect_deadline",
@@ -84,6 +85,7 @@ class Session:
         self.expect_deadline = 0.0
         self.last_seen = now
         self.closing_at: float | None = None
+        self.conn_id = 0  # conntrack's id of the connection, when the adapter knows it
         self.suspended: Work | None = None  # waiting for an answer
         self.busy: Handle | None = None  # the packet the suspended work is about
         self.parked: list[tuple[Stream, Segment, Handle]] = []  # arrived meanwhile

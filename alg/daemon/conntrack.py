@@ -96,6 +96,7 @@ class Kernel:
             _record(entry.seqadj_original),
             _record(entry.seqadj_reply),
             anchored=entry.helper == ANCHOR_HELPER,
+            conn_id=entry.id,
         )
 
     def write_seqadj(self, original: FlowKey, direction: Dir, record: SeqAdjRecord) -> bool:

@@ -22,7 +22,7 @@ from alg.daemon.settings import Settings
 from alg.daemon.status import StatusServer
 from alg.kernel.ctevents import DestroyListener
 from alg.kernel.ctnetlink import Ctnetlink
-from alg.kernel.cttypes import CtnetlinkError
+from alg.kernel.cttypes import Conntrack, CtnetlinkError
 
 log = logging.getLogger("ftp-alg")
 
@@ -144,11 +144,13 @@ class Daemon:
     def _turn(
         self, ready: list[int], busy: list[Any], events: DestroyListener, status: StatusServer
     ) -> None:
+        # Destroy events first: a connection that replaced one on the same tuple sends its
+        # first payload only after its handshake, so the old session is gone by then.
+        if events.fileno() in ready:
+            for entry in events.read_events():
+                self._destroyed(entry)
         for nfq in busy:
             nfq.run(block=False)
-        if events.fileno() in ready:
-            for original in events.read_events():
-                self._destroyed(original)
         if status.fileno() in ready:
             status.serve(self.status())
         now = time.monotonic()
@@ -168,23 +170,13 @@ class Daemon:
             if now != seen:
                 seen, end = now, clock() + window
 
-    def _destroyed(self, original: Any) -> None:
+    def _destroyed(self, entry: Conntrack) -> None:
         """Conntrack destroyed a connection: forget its session, unless the tuple already
-        belongs to a newer connection. A client reusing its port within TIME_WAIT (120 s)
-        makes the kernel kill the old entry when the new SYN arrives; the event may be read
-        after the new session began (even after its PORT rewrite), and must not end it."""
-        key = to_key(original)
-        if self.gw.session_id(key) is None:
-            return
-        if not self.gw.is_closing(key):
-            try:
-                alive = self.ct.lookup(original) is not None
-            except CtnetlinkError:
-                alive = False
-            if alive:
-                self._count("destroy-event-older-connection")
-                return
-        self.carrier.run(self.gw.forget(key, now=time.monotonic()))
+        belongs to a newer connection (the core compares conntrack ids). A client reusing its
+        port within TIME_WAIT (120 s) makes the kernel kill the old entry when the new SYN
+        arrives; the event must not end the new session."""
+        now = time.monotonic()
+        self.carrier.run(self.gw.forget(to_key(entry.original), now=now, conn_id=entry.id))
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stop = True

@@ -16,7 +16,8 @@ import struct
 from collections.abc import Iterable
 
 from alg.kernel import messages as m
-from alg.kernel.ctnetlink import IPPROTO_TCP, Tuple, conntrack_from_message
+from alg.kernel.ctnetlink import IPPROTO_TCP, conntrack_from_message
+from alg.kernel.cttypes import Conntrack
 from alg.kernel.netlink import NetlinkSocket
 
 NFNLGRP_CONNTRACK_DESTROY = 3
@@ -54,14 +55,15 @@ class DestroyListener:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def read_events(self) -> list[Tuple]:
-        """Original tuples of the TCP connections destroyed since the last call; never blocks.
+    def read_events(self) -> list[Conntrack]:
+        """The TCP connections destroyed since the last call (tuples and conntrack id, which
+        tells them from a newer connection on the same tuple); never blocks.
 
         If the kernel dropped events (the buffer overflowed), `lost` is incremented and the
         events that were read are returned: the caller may then re-check its connections with
         `Ctnetlink.lookup`.
         """
-        events: list[Tuple] = []
+        events: list[Conntrack] = []
         try:
             for mtype, data in self._nl.receive_nowait():
                 if mtype != m.CT_DELETE:
@@ -71,7 +73,7 @@ class DestroyListener:
                     continue
                 entry = conntrack_from_message(data)
                 if entry is not None and entry.original.proto == IPPROTO_TCP:
-                    events.append(entry.original)
+                    events.append(entry)
         except OSError as exc:
             if exc.errno != errno.ENOBUFS:
                 raise

@@ -311,6 +311,7 @@ def conntrack_from_message(data: bytes) -> Conntrack | None:
         timeout=m.parse_u32(data, top.get(m.CTA_TIMEOUT)),
         seqadj_original=_seqadj(data, top.get(m.CTA_SEQ_ADJ_ORIG)),
         seqadj_reply=_seqadj(data, top.get(m.CTA_SEQ_ADJ_REPLY)),
+        id=m.parse_u32(data, top.get(m.CTA_ID)),
     )
 
 

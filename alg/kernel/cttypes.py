@@ -75,6 +75,7 @@ class Conntrack:
     timeout: int
     seqadj_original: SeqAdj | None = None
     seqadj_reply: SeqAdj | None = None
+    id: int = 0  # CTA_ID: unique among the entries alive at once
 
 
 @dataclass(frozen=True, slots=True)

@@ -164,6 +164,17 @@ def set_gateway(prefix: str, mode: str, *, log: Log = _stderr) -> None:
     log(f"lab '{prefix}': gateway {mode}")
 
 
+def daemon(prefix: str, action: str, *, log: Log = _stderr) -> None:
+    """Start or stop (SIGTERM) the router's ftp-alg daemon alone: rules, conntrack and the
+    sessions in it stay, as across an upgrade or `systemctl restart`."""
+    _require_root()
+    if action not in ("start", "stop"):
+        raise LabError(f"unknown daemon action {action!r} (start or stop)")
+    record, topo = lab_record(prefix)
+    provision(record, topo, topo.router, ["daemon", action])
+    log(f"lab '{prefix}': ftp-alg daemon {action}")
+
+
 def down(prefix: str = DEFAULT_PREFIX, *, log: Log = _stderr) -> None:
     """Stop the lab's processes, delete its namespaces and state. Safe to repeat."""
     _require_root()

@@ -94,7 +94,8 @@ def test_render_options() -> None:
     assert "-t raw -A FTP_ALG -p tcp --sport" not in script
     nft = rules.render_nft(opts)
     for way in ("dport", "sport"):
-        assert f'meta nfproto ipv4 tcp {way} 2121 ct state established ct helper "sane" queue num 2-5 bypass' in nft
+        anchored = 'ct state established ct helper "sane"'
+        assert f"meta nfproto ipv4 tcp {way} 2121 {anchored} queue num 2-5 bypass" in nft
 
 
 @pytest.mark.parametrize(
@@ -199,8 +200,8 @@ def test_apply_twice_then_remove_restores_every_table(lab: Lab) -> None:
             ports = "-p tcp -m multiport"
             family = 6 if tool == "ip6tables" else 4
             queue = (
-                f'-m conntrack --ctstate ESTABLISHED -m bpf --bytecode "{rules.PAYLOAD_BPF[family]}"'
-                " -j NFQUEUE --queue-num 0 --queue-bypass"
+                "-m conntrack --ctstate ESTABLISHED -m bpf --bytecode"
+                f' "{rules.PAYLOAD_BPF[family]}" -j NFQUEUE --queue-num 0 --queue-bypass'
             )
             assert [line for line in raw if line.startswith("-A FTP_ALG ")] == [
                 f"-A FTP_ALG {ports} --dports 21,2121 -j CT --helper sane",

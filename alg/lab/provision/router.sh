@@ -84,12 +84,22 @@ alg_status() {
 }
 
 alg_gateway_start() {
-    local ports=${HELPER_PORTS// /,} i
+    local ports=${HELPER_PORTS// /,}
     touch "$DIR/ftp-alg-rules.applied"
     "$FTP_ALG" rules apply --ports "$ports" || {
         alg_gateway_stop
         die "ftp-alg rules apply --ports $ports failed"
     }
+    alg_daemon_start || {
+        alg_gateway_stop
+        die "ftp-alg run did not become ready (log above); its rules were removed again"
+    }
+}
+
+# The daemon alone (rules and conntrack untouched): `daemon start|stop` restarts it the way
+# an upgrade or `systemctl restart` would, mid-session.
+alg_daemon_start() {
+    local ports=${HELPER_PORTS// /,} i
     # the status socket per lab: the default path is shared by every namespace on the machine
     # A config file beside the router's state (e.g. from `ftp-alg lab bench --daemon-config`)
     # is passed on; the command-line options below still win.
@@ -103,8 +113,15 @@ alg_gateway_start() {
         sleep 0.1
     done
     tail -n 20 "$DIR/logs/ftp-alg.log" >&2 || true
-    alg_gateway_stop
-    die "ftp-alg run did not become ready (log above); its rules were removed again"
+    return 1
+}
+
+daemon() {
+    case "$1" in
+        start) alg_daemon_start || die "ftp-alg run did not become ready (log above)" ;;
+        stop) stop_bg ftp-alg ;;
+        *) die "usage: $0 daemon start|stop" ;;
+    esac
 }
 
 alg_gateway_stop() {
@@ -155,6 +172,7 @@ down() {
 case "${1:-up}" in
     up) up "${2:-}" ;;
     gateway) gateway "${2:?usage: $0 gateway none|kernel|ftp-alg}" ;;
+    daemon) daemon "${2:?usage: $0 daemon start|stop}" ;;
     down) down ;;
-    *) die "usage: $0 up [MODE] | gateway MODE | down" ;;
+    *) die "usage: $0 up [MODE] | gateway MODE | daemon start|stop | down" ;;
 esac
