@@ -33,7 +33,7 @@ from alg.core import (
     SeqAdjRecord,
     WriteSeqAdj,
 )
-from alg.core.packet import ACK, PSH, SYN, build, parse, rebuild
+from alg.core.packet import ACK, PSH, SYN, build, ipv4_checksum_ok, parse, rebuild, tcp_checksum_ok
 
 MASK = 0xFFFFFFFF
 
@@ -83,13 +83,21 @@ def kernel_adjust(pkt: bytes, this_way: KernelSeqAdj, other_way: KernelSeqAdj) -
 
 @dataclass
 class Receiver:
-    """Reassembles what arrives in one direction, as the far TCP would."""
+    """Reassembles what arrives in one direction, as the far TCP would, and checks that bytes
+    arriving again (retransmissions, overlaps) are the same bytes it already has: a gateway
+    that rewrote a retransmission differently would corrupt the stream without a trace."""
 
     nxt: int
     stream: bytearray = field(default_factory=bytearray)
     ooo: dict[int, bytes] = field(default_factory=dict)
+    start: int = -1
+    strict: bool = True  # off for fuzzed senders, which send different bytes at one seq
+
+    def __post_init__(self) -> None:
+        self.start = self.nxt
 
     def take(self, seq: int, payload: bytes) -> None:
+        self._check(seq, payload)
         self.ooo[seq & MASK] = payload
         progressed = True
         while progressed:
@@ -104,6 +112,20 @@ class Receiver:
                         progressed = True
                 elif off < 0x80000000:
                     del self.ooo[s]  # entirely old
+
+    def _check(self, seq: int, payload: bytes) -> None:
+        pos = (seq - self.start) & MASK
+        if pos >= 0x80000000 or not self.strict:
+            return  # before the stream this receiver saw begin
+        have = bytes(self.stream[pos : pos + len(payload)])
+        if have != payload[: len(have)]:
+            raise AssertionError(f"bytes at {pos} arrived as {payload!r}, earlier as {have!r}")
+
+    @property
+    def sack_blocks(self) -> list[tuple[int, int]]:
+        """What this receiver would SACK: its out-of-order segments (RFC 2018), newest 3."""
+        blocks = [(s, (s + len(d)) & MASK) for s, d in self.ooo.items() if d]
+        return blocks[-3:]
 
 
 @dataclass
@@ -245,6 +267,8 @@ class Link:
             raise VerdictError(f"packet {handle}: {type(cmd).__name__} after {self.verdicts}")
         pkt, from_client = self.queued.pop(handle)
         self.verdicts[handle] = type(cmd).__name__
+        if isinstance(cmd, Accept) and cmd.data is not None and not _checksums_ok(cmd.data):
+            raise AssertionError(f"packet {handle} left the gateway with a bad checksum")
         if isinstance(cmd, Accept):
             self.deliver(cmd.data if cmd.data is not None else pkt, from_client)
 
@@ -262,6 +286,10 @@ class Link:
         seg = parse(out)
         if seg.payload_len:
             (self.at_server if from_client else self.at_client).take(seg.seq, seg.payload)
+
+
+def _checksums_ok(data: bytes) -> bool:
+    return tcp_checksum_ok(data) and (data[0] >> 4 == 6 or ipv4_checksum_ok(data))
 
 
 def _record(k: KernelSeqAdj) -> SeqAdjRecord:

@@ -139,10 +139,22 @@ class Session:
         config = self.ctx.config
         seq, length = seg.seq, seg.end - seg.poff
         if half.next_seq is None:
-            half.start(seq)  # met mid-stream: assume a line starts here
+            # The first payload seen (SYNs are not queued). The peer's ack, when known, says
+            # where the stream stands: a segment after it arrived out of order.
+            acked = half.acked
+            ahead = acked is not None and 0 < seq_diff(seq, acked) < config.max_line
+            half.start(acked if ahead and acked is not None else seq)
         assert half.next_seq is not None
         rel = seq_diff(seq, half.next_seq)
         if rel > 0:
+            twin = half.ooo.get(seq)
+            if twin is not None:  # a copy of a segment already waiting: keep the longer one
+                keep_new = len(seg.payload) > len(twin[1].payload)
+                out.append(Drop(twin[0] if keep_new else handle))
+                self.ctx.count("held.retransmission-dropped")
+                if keep_new:
+                    half.ooo[seq] = (handle, seg, ack)
+                return
             if len(half.ooo) < config.max_held:
                 half.ooo[seq] = (handle, seg, ack)
                 if self._hole_passed(half):
@@ -159,7 +171,16 @@ class Session:
                 self.ctx.count("held.retransmission-dropped")
                 out.append(Drop(handle))
                 return
-            built = half.build(self.peer(half), seg, seq, None, ack, config)
+            start, data = seq, None
+            acked = half.acked
+            if acked is not None and seq_diff(acked, seq) > 0:
+                # The receiver has the front of it: send only what it may lack. The exact map
+                # no longer knows how acknowledged bytes were rewritten, and the kernel's
+                # record may place them wrongly; a segment from `acked` on is exact.
+                cut = seq_diff(acked, seq)
+                start, data = (acked, b"") if cut >= length else (seq + cut, seg.payload[cut:])
+                self.ctx.count("retransmission-trimmed")
+            built = half.build(self.peer(half), seg, start & MASK, data, ack, config)
             if not isinstance(built, bytes | None):
                 self.ctx.count("retransmission-unplaceable")
             out.append(verdict(handle, built))
@@ -177,12 +198,12 @@ class Session:
                 if half.hold_deadline is None:
                     half.hold_deadline = now + config.hold_timeout
             self.ctx.count("held")
-            return
-        if half.line_hold:
-            half.line_hold = False
-            self._coalesce(half, out)
-        self.drain(half, now, out)
-        if half.ooo:
+        else:
+            if half.line_hold:
+                half.line_hold = False
+                self._coalesce(half, out)
+            self.drain(half, now, out)
+        if half.ooo:  # the rest of a split line may be waiting there, out of order
             yield from self._in_order(half, now, out)
 
     def _may_hold(self, half: Stream) -> bool:
@@ -263,7 +284,7 @@ class Session:
 
     def _in_order(self, half: Stream, now: float, out: list[Command]) -> Work:
         """Out-of-order segments whose turn has come, in sequence order."""
-        while half.ooo and not half.held:
+        while half.ooo:
             assert half.next_seq is not None
             seq = min(half.ooo, key=lambda s: seq_diff(s, half.next_seq or 0))
             if seq_diff(seq, half.next_seq) > 0:
