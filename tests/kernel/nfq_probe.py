@@ -3,13 +3,15 @@
 `bind`: bind NFQUEUE `--queue` with `--max-len`, optionally set fail-open through
 alg.daemon.queueflags, print "ready", then never read the queue until stdin closes (so the
 queue fills). `caps`: try what the daemon needs at start (bind a queue, dump expectations
-over ctnetlink) and print one JSON line with the outcome of each.
+over ctnetlink, join the conntrack DESTROY group) and print one JSON line with the outcome of
+each, the uid and the effective capabilities.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import select
 import socket
 import struct
@@ -56,10 +58,16 @@ def raw_queue_bind_errno(queue: int) -> int:
     return -code
 
 
+def _cap_eff() -> str:
+    with open("/proc/self/status") as f:
+        return next(line.split()[1] for line in f if line.startswith("CapEff:"))
+
+
 def _caps(queue: int) -> int:
     from netfilterqueue import NetfilterQueue
 
-    from alg.kernel.ctnetlink import Ctnetlink
+    from alg.kernel.ctevents import DestroyListener
+    from alg.kernel.ctnetlink import Ctnetlink, CtnetlinkError
 
     out: dict[str, Any] = {"raw_bind_errno": raw_queue_bind_errno(queue + 1)}
     try:
@@ -72,9 +80,16 @@ def _caps(queue: int) -> int:
     try:
         with Ctnetlink() as ct:
             out["ctnetlink"] = f"ok: {len(ct.list_expectations())} expectations"
-    except OSError as exc:
+    except (OSError, CtnetlinkError) as exc:
         out["ctnetlink"] = f"error: errno {exc.errno}: {exc}"
         out["ctnetlink_errno"] = exc.errno
+    try:
+        with DestroyListener():
+            out["events"] = "ok"
+    except OSError as exc:
+        out["events"] = f"error: errno {exc.errno}: {exc}"
+        out["events_errno"] = exc.errno
+    out["uid"], out["cap_eff"] = os.getuid(), _cap_eff()
     print(json.dumps(out), flush=True)
     return 0
 
