@@ -36,12 +36,12 @@ def run(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[
     return done
 
 
-def probe_argv(*args: str) -> list[str]:
-    """Command line of tests/kernel/nfq_probe.py with this interpreter."""
-    return [sys.executable, "-m", "tests.kernel.nfq_probe", *args]
+def probe_argv(*args: str, python: str = sys.executable) -> list[str]:
+    """Command line of tests/kernel/nfq_probe.py with this interpreter (or `python`)."""
+    return [python, "-m", "tests.kernel.nfq_probe", *args]
 
 
-def popen(ns: str, argv: Sequence[str]) -> subprocess.Popen[str]:
+def popen(ns: str, argv: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         ["ip", "netns", "exec", ns, *argv],
         stdin=subprocess.PIPE,
@@ -49,6 +49,7 @@ def popen(ns: str, argv: Sequence[str]) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        env=env,
     )
 
 

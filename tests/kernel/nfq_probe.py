@@ -10,7 +10,9 @@ each, the uid and the effective capabilities.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import mmap
 import os
 import select
 import socket
@@ -24,6 +26,7 @@ NETLINK_NETFILTER = 12
 NLMSG_ERROR = 2
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 NFQA_CFG_CMD, NFQNL_CFG_CMD_BIND = 1, 1
+PR_GET_MDWE = 66
 
 
 def _bind(queue: int, max_len: int, fail_open: list[bool]) -> int:
@@ -58,9 +61,31 @@ def raw_queue_bind_errno(queue: int) -> int:
     return -code
 
 
-def _cap_eff() -> str:
+def _status(field: str) -> str:
     with open("/proc/self/status") as f:
-        return next(line.split()[1] for line in f if line.startswith("CapEff:"))
+        return next(line.split()[1] for line in f if line.startswith(f"{field}:"))
+
+
+def _cap_eff() -> str:
+    return _status("CapEff")
+
+
+def _sandbox() -> dict[str, Any]:
+    """What tests/kernel/sandbox.py should have switched on, and two things it must refuse."""
+    out: dict[str, Any] = {"seccomp": int(_status("Seccomp")), "nnp": int(_status("NoNewPrivs"))}
+    out["mdwe"] = ctypes.CDLL(None).prctl(PR_GET_MDWE, 0, 0, 0, 0)
+    try:
+        rwx = mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC
+        mmap.mmap(-1, 4096, prot=rwx).close()
+        out["wx_mmap"] = 0
+    except OSError as exc:
+        out["wx_mmap"] = exc.errno
+    try:
+        os.sched_setaffinity(0, os.sched_getaffinity(0))  # in @resources, denied by the unit
+        out["setaffinity"] = 0
+    except OSError as exc:
+        out["setaffinity"] = exc.errno
+    return out
 
 
 def _caps(queue: int) -> int:
@@ -90,6 +115,7 @@ def _caps(queue: int) -> int:
         out["events"] = f"error: errno {exc.errno}: {exc}"
         out["events_errno"] = exc.errno
     out["uid"], out["cap_eff"] = os.getuid(), _cap_eff()
+    out.update(_sandbox())
     print(json.dumps(out), flush=True)
     return 0
 
