@@ -5,9 +5,9 @@ WARNING lines (15.8 MB). Two token buckets decide whether a record is written: o
 (session id, event kind) and one overall. What a bucket refuses is counted per key and told
 later in one line, "suppressed N similar messages (kind K, session S) in the last T s", once
 the oldest untold one is `report_every` seconds old (with the next record of that key, or
-of any key while it stays suppressed), or when the daemon calls `flush()` (on a timer and
-at exit). Like journald's RateLimitIntervalSec, a steady flood gives its allowed lines plus
-one summary per interval, not one per refill. Counters are not touched: the core counts
+from `tick()`, which the daemon calls about once a second), and at exit from `flush()`.
+Like journald's RateLimitIntervalSec, a steady flood gives its allowed lines plus one
+summary per interval, not one per refill. Counters are not touched: the core counts
 every event before anything is logged.
 
 `RateLimiter` is pure (the caller passes `now`); `RateLimitFilter` puts it on a logger.
@@ -95,6 +95,7 @@ class RateLimiter:
         self.report_every = report_every
         self.max_keys = max_keys
         self._keys: OrderedDict[Key, _Bucket] = OrderedDict()
+        self._pending: dict[Key, None] = {}  # keys with an untold count, oldest first
         self._overall: _Bucket | None = None
 
     def admit(self, key: Key, now: float, level: int = logging.INFO) -> tuple[bool, list[Summary]]:
@@ -114,6 +115,7 @@ class RateLimiter:
         if not bucket.take(self.rate, self.burst, now):
             ok = False
             bucket.refuse(now, level)
+            self._pending[key] = None
         elif not overall.take(self.overall_rate, self.overall_burst, now):
             ok = False
             overall.refuse(now, level)
@@ -124,15 +126,36 @@ class RateLimiter:
             if not pending.suppressed or now - pending.since < self.report_every:
                 continue
             if ok or overall.take(self.overall_rate, self.overall_burst, now):
-                out.append(pending.summary(which, now))
+                out.append(self._summary(which, now))
         return ok, out
 
-    def flush(self, now: float) -> list[Summary]:
-        """Summaries of everything suppressed and not yet reported (call it now and then)."""
-        out = [b.summary(k, now) for k, b in self._keys.items() if b.suppressed]
-        if self._overall is not None and self._overall.suppressed:
-            out.append(self._overall.summary(None, now))
+    def due(self, now: float) -> list[Summary]:
+        """Summaries that are `report_every` old, as far as overall tokens allow (the rest
+        waits): call it about once a second, so a flood that stopped is still told."""
+        out: list[Summary] = []
+        overall = self._overall_bucket(now)
+        if overall.suppressed and now - overall.since >= self.report_every:
+            out.append(self._summary(None, now))
+        for key in list(self._pending):
+            if now - self._keys[key].since < self.report_every:
+                break  # oldest first: the others are younger
+            if not overall.take(self.overall_rate, self.overall_burst, now):
+                break
+            out.append(self._summary(key, now))
         return out
+
+    def flush(self, now: float) -> list[Summary]:
+        """Summaries of everything suppressed and not yet told, whatever its age (at exit)."""
+        out = [self._summary(key, now) for key in list(self._pending)]
+        if self._overall is not None and self._overall.suppressed:
+            out.append(self._summary(None, now))
+        return out
+
+    def _summary(self, key: Key | None, now: float) -> Summary:
+        if key is None:
+            return self._overall_bucket(now).summary(None, now)
+        del self._pending[key]
+        return self._keys[key].summary(key, now)
 
     def _overall_bucket(self, now: float) -> _Bucket:
         if self._overall is None:
@@ -141,7 +164,8 @@ class RateLimiter:
 
     def _evict(self, now: float) -> None:
         while len(self._keys) > self.max_keys:
-            _, old = self._keys.popitem(last=False)
+            gone, old = self._keys.popitem(last=False)
+            self._pending.pop(gone, None)
             if old.suppressed:
                 overall = self._overall_bucket(now)
                 if not overall.suppressed:
@@ -177,7 +201,13 @@ class RateLimitFilter(logging.Filter):
             self._write(summary)
         return ok
 
+    def tick(self) -> None:
+        """Write the summaries that are due (the daemon calls it about once a second)."""
+        for summary in self.limiter.due(self.clock()):
+            self._write(summary)
+
     def flush(self) -> None:
+        """Write every pending summary (at exit)."""
         for summary in self.limiter.flush(self.clock()):
             self._write(summary)
 

@@ -186,3 +186,48 @@ def test_records_without_session_share_one_key_and_summaries_pass(
         "suppressed 3 similar messages (kind None, session None) in the last 1.5 s",
         "queue overrun",
     ]
+
+
+def test_a_flood_that_stopped_is_told_by_the_periodic_tick() -> None:
+    rl = RateLimiter(rate=1, burst=1, report_every=10)
+    for _ in range(50):
+        rl.admit(A, 0.0)
+    for _ in range(7):
+        rl.admit(B, 4.0)
+    assert rl.due(9.9) == []
+    assert rl.due(10.0) == [Summary(A, 49, 10.0, logging.INFO)]
+    assert rl.due(13.0) == []
+    assert rl.due(14.0) == [Summary(B, 6, 10.0, logging.INFO)]
+    assert rl.due(100.0) == [] and rl.flush(100.0) == []
+
+
+def test_tick_summaries_stay_within_the_overall_rate() -> None:
+    rl = RateLimiter(rate=1, burst=1, overall_rate=1, overall_burst=3, report_every=1)
+    for session in range(10):
+        rl.admit((session, "k"), 0.0)
+        rl.admit((session, "k"), 0.0)
+    # 3 records passed (overall burst); 7 were refused overall, 10 by their key's bucket.
+    first = rl.due(1.0)
+    assert [s.key for s in first] == [None, (0, "k")]  # one token back: one key's summary
+    told = first + [s for t in range(2, 40) for s in rl.due(float(t))]
+    assert sorted(s.key for s in told if s.key) == [(n, "k") for n in range(10)]
+    assert sum(s.count for s in told) == 10 + 7 and rl.flush(40.0) == []
+
+
+def test_the_filters_tick_writes_a_due_summary_through_the_logger(logger: logging.Logger) -> None:
+    handler = _Lines()
+    logger.addHandler(handler)
+    clock = [0.0]
+    filt = RateLimitFilter(logger, RateLimiter(rate=1, burst=1), clock=lambda: clock[0])
+    logger.addFilter(filt)
+    for _ in range(30):
+        logger.warning("bounce", extra={"session": 4, "kind": "refusal.bounce"})
+    clock[0] = 5.0
+    filt.tick()
+    assert handler.lines == ["bounce"]
+    clock[0] = 10.0
+    filt.tick()
+    assert handler.lines == [
+        "bounce",
+        "suppressed 29 similar messages (kind refusal.bounce, session 4) in the last 10.0 s",
+    ]
