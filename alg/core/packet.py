@@ -137,8 +137,20 @@ def _tcp_checksum(buf: bytearray | bytes, seg: Segment, tcp_len: int) -> int:
     return finish(ones_sum(pseudo) + ones_sum(memoryview(buf)[seg.l4 : seg.l4 + tcp_len]))
 
 
+def _update_sum(check: int, old: int, new: int) -> int:
+    """RFC 1624 eqn. 3 for a span whose ones' complement sum went from `old` to `new`."""
+    total = (~check & 0xFFFF) + (~old & 0xFFFF) + new
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
 def _map_sack(buf: bytearray, seg: Segment, sack: SackMap, check: int) -> int:
-    """Map every SACK block in place (RFC 2018), keeping the checksum right incrementally."""
+    """Map every SACK block in place (RFC 2018), keeping the checksum right incrementally.
+
+    Options need no alignment, so an edge may start at an odd offset from the TCP header
+    (one NOP before the SACK option); its bytes then straddle the checksum's 16-bit words.
+    """
     i, end = seg.l4 + 20, seg.poff
     while i < end:
         kind = buf[i]
@@ -155,9 +167,15 @@ def _map_sack(buf: bytearray, seg: Segment, sack: SackMap, check: int) -> int:
             while j + 8 <= i + length and j + 8 <= end:
                 left, right = _U32X2.unpack_from(buf, j)
                 nleft, nright = sack(left, right)
-                if (nleft, nright) != (left, right):
+                if (nleft, nright) == (left, right):
+                    pass
+                elif (j - seg.l4) & 1 == 0:
                     _U32X2.pack_into(buf, j, nleft, nright)
                     check = update32(update32(check, left, nleft), right, nright)
+                else:  # edges straddle 16-bit words: update over the aligned span around them
+                    old = ones_sum(memoryview(buf)[j - 1 : j + 9])
+                    _U32X2.pack_into(buf, j, nleft, nright)
+                    check = _update_sum(check, old, ones_sum(memoryview(buf)[j - 1 : j + 9]))
                 j += 8
         i += length
     return check

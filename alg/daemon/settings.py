@@ -6,6 +6,7 @@ Every option and its default is listed in `docs/deployment.md` and `docs/ftp-alg
 from __future__ import annotations
 
 import ipaddress
+import math
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -43,6 +44,31 @@ class Settings:
 
 _CORE_KEYS = {f.name for f in fields(Config)}
 _DAEMON_KEYS = {f.name for f in fields(Settings)} - {"core"}
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_SECTIONS = ("gateway", "daemon")
+
+# Inclusive bounds of the numeric settings. A value outside them is a typo or an attack on
+# the daemon's own limits (`port_tries = 1e9` spins, `expect_timeout = inf` never expires).
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "min_data_port": (0, 65535),
+    "max_line": (16, 65536),
+    "hold_timeout": (0.001, 60),
+    "max_held": (1, 4096),
+    "expect_timeout": (1, 86400),
+    "idle_timeout": (1, 30 * 86400),
+    "linger": (0.001, 3600),
+    "max_sessions": (1, 16 * 1024 * 1024),
+    "max_corrections": (1, 4096),
+    "max_pending": (1, 4096),
+    "queue_num": (0, 65535),
+    "queue_count": (1, 65536),
+    "busy_poll_us": (0, 1_000_000),
+    "port_tries": (1, 1024),
+}
+
+
+class SettingsError(ValueError):
+    """A setting the daemon refuses at start; the CLI prints it without a traceback."""
 
 
 def _core_value(name: str, value: Any) -> Any:
@@ -55,53 +81,95 @@ def _core_value(name: str, value: Any) -> Any:
     return value
 
 
-_LOG_LEVELS = ("debug", "info", "warning", "error")
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_port(value: Any) -> bool:
+    return _is_int(value) and 0 < value < 65536
+
+
+def _announce_ok(value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    try:
+        pairs = [(ipaddress.ip_address(k), ipaddress.ip_address(v)) for k, v in value.items()]
+    except ValueError:
+        return False
+    return all(k.version == v.version for k, v in pairs)
+
+
+def _problem(name: str, value: Any, default: Any) -> str | None:
+    """Why `value` is refused for setting `name` (whose default is `default`), or None."""
+    if name == "port_range":
+        if not (isinstance(value, list | tuple) and len(value) == 2 and all(map(_is_port, value))):
+            return "must be [low, high], two ports in 1..65535"
+        return None if value[0] <= value[1] else "is reversed (low > high)"
+    if name == "control_ports":
+        ok = isinstance(value, list | tuple | frozenset) and bool(value)
+        return None if ok and all(map(_is_port, value)) else "must be a list of ports 1..65535"
+    if name == "announce":
+        return None if _announce_ok(value) else "must map addresses to addresses of one family"
+    if name == "log_level":
+        return None if value in _LOG_LEVELS else f"must be one of {', '.join(_LOG_LEVELS)}"
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "must be true or false"
+    if isinstance(default, str):
+        return None if isinstance(value, str) and value else "must be a non-empty string"
+    low, high = _BOUNDS.get(name, (0, float("inf")))
+    if isinstance(default, float):
+        if not (_is_int(value) or isinstance(value, float)):
+            return "must be a number of seconds"
+        if not math.isfinite(value) or value <= 0:
+            return "must be finite and positive"
+    elif not _is_int(value):
+        return "must be an integer"
+    if not low <= value <= high:
+        return f"is out of range {low:g}..{high:g}"
+    return None
 
 
 def _check(name: str, value: Any, default: Any) -> None:
-    """Refuse a value of the wrong type at start-up, not on the first packet."""
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-    elif isinstance(default, str):
-        ok = isinstance(value, str) and (name != "log_level" or value in _LOG_LEVELS)
-    elif isinstance(default, frozenset | tuple):
-        ok = (
-            isinstance(value, list | tuple | frozenset)
-            and all(isinstance(v, int) and 0 < v < 65536 for v in value)
-            and bool(value)
-        )
-    elif isinstance(default, dict):
-        ok = isinstance(value, dict)
-    else:
-        ok = True
-    if not ok:
-        raise ValueError(f"setting {name} = {value!r} is not valid (default: {default!r})")
+    """Refuse a bad value at start-up, not on the first packet, saying what is wrong."""
+    why = _problem(name, value, default)
+    if why is not None:
+        raise SettingsError(f"setting {name} = {value!r} is not valid: {why}")
+
+
+def _flatten(data: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for section in _SECTIONS:
+        table = data.pop(section, {})
+        if not isinstance(table, dict):
+            raise SettingsError(f"[{section}] must be a table of settings, not {table!r}")
+        flat.update(table)
+    flat.update(data)
+    return flat
 
 
 def load(path: str | None, overrides: dict[str, Any]) -> Settings:
-    """Settings from the file at `path` (if any), with `overrides` (non-None values) on top."""
+    """Settings from the file at `path` (if any), with `overrides` (non-None values) on top.
+
+    Raises SettingsError (a ValueError) for a bad value, tomllib's error for bad syntax.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         with Path(path).open("rb") as f:
             data = tomllib.load(f)
-    flat: dict[str, Any] = {}
-    for section in ("gateway", "daemon"):
-        flat.update(data.pop(section, {}))
-    flat.update(data)
+    flat = _flatten(data)
     flat.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(flat) - _CORE_KEYS - _DAEMON_KEYS
     if unknown:
-        raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
     defaults = {
         **{f.name: getattr(Config(), f.name) for f in fields(Config)},
         **{f.name: getattr(Settings(), f.name) for f in fields(Settings)},
     }
     for name, value in flat.items():
         _check(name, value, defaults[name])
+    first, count = flat.get("queue_num", 0), flat.get("queue_count", 1)
+    if first + count > 65536:
+        raise SettingsError(f"queues {first}..{first + count - 1} exceed queue number 65535")
     core = Config(**{k: _core_value(k, v) for k, v in flat.items() if k in _CORE_KEYS})
     if "control_ports" not in flat:
         core = replace(core, control_ports=Settings().core.control_ports)

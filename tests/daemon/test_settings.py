@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from alg.daemon.settings import Settings, load
+from alg.daemon.settings import Settings, SettingsError, load
 
 
 def test_defaults_without_a_file() -> None:
@@ -71,3 +71,95 @@ def test_values_of_the_wrong_type_are_refused_at_start(tmp_path: Path, line: str
     cfg.write_text(f"[{section}]\n{line}\n")
     with pytest.raises(ValueError, match="is not valid"):
         load(str(cfg), {})
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("[daemon]\nport_range = [41000, 40000]\n", "reversed"),
+        ("[daemon]\nport_range = [0, 40000]\n", r"\[low, high\]"),
+        ("[daemon]\nport_range = [1024, 70000]\n", r"\[low, high\]"),
+        ("[daemon]\nport_range = [1024]\n", r"\[low, high\]"),
+        ("[gateway]\nexpect_timeout = inf\n", "finite"),
+        ("[gateway]\nexpect_timeout = nan\n", "finite"),
+        ("[gateway]\nexpect_timeout = 0\n", "positive"),
+        ("[gateway]\nhold_timeout = -0.5\n", "positive"),
+        ("[gateway]\nidle_timeout = 1e12\n", "out of range"),
+        ("[gateway]\nlinger = true\n", "number of seconds"),
+        ("[daemon]\nport_tries = 1e9\n", "integer"),
+        ("[daemon]\nport_tries = 1000000000\n", "out of range"),
+        ("[daemon]\nport_tries = 0\n", "out of range"),
+        ('[daemon]\nqueue_num = "3"\n', "integer"),
+        ("[daemon]\nqueue_num = 70000\n", "out of range"),
+        ("[gateway]\nmax_sessions = 0\n", "out of range"),
+        ("[gateway]\ncontrol_ports = [21, 65536]\n", "ports 1..65535"),
+        ("[gateway]\ncontrol_ports = [true]\n", "ports 1..65535"),
+        ('[gateway]\ncontrol_ports = "21"\n', "ports 1..65535"),
+        ('[gateway]\nannounce = { "1.2.3.4" = "nowhere" }\n', "addresses"),
+        ('[gateway]\nannounce = { "1.2.3.4" = "2001:db8::1" }\n', "one family"),
+        ('[daemon]\nstatus_socket = ""\n', "non-empty"),
+    ],
+)
+def test_bad_values_get_a_clear_error(tmp_path: Path, text: str, why: str) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    with pytest.raises(SettingsError, match=why):
+        load(str(cfg), {})
+
+
+@pytest.mark.parametrize("text", ["gateway = 5\n", 'daemon = "x"\n', "gateway = [1]\n"])
+def test_a_section_that_is_not_a_table_is_refused(tmp_path: Path, text: str) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    with pytest.raises(SettingsError, match="must be a table"):
+        load(str(cfg), {})
+
+
+def test_unknown_section_is_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[gatewy]\nallow_fxp = true\n")
+    with pytest.raises(SettingsError, match=r"unknown setting.*gatewy"):
+        load(str(cfg), {})
+
+
+def test_queue_range_beyond_65535_is_refused() -> None:
+    with pytest.raises(SettingsError, match="exceed"):
+        load(None, {"queue_num": 65535, "queue_count": 2})
+
+
+def test_command_line_values_are_checked_too() -> None:
+    with pytest.raises(SettingsError, match="expect_timeout"):
+        load(None, {"expect_timeout": float("inf")})
+
+
+def test_boundaries_are_accepted(tmp_path: Path) -> None:
+    cfg = tmp_path / "ok.toml"
+    cfg.write_text(
+        "[gateway]\ncontrol_ports = [1, 65535]\nexpect_timeout = 1\nmin_data_port = 0\n"
+        "[daemon]\nport_range = [2000, 2000]\nport_tries = 1024\nqueue_num = 65535\n"
+    )
+    s = load(str(cfg), {})
+    assert (s.port_range, s.port_tries, s.queue_num) == ((2000, 2000), 1024, 65535)
+    assert s.core.expect_timeout == 1 and s.core.control_ports == frozenset({1, 65535})
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--expect-timeout", "inf"], "expect_timeout = inf is not valid: must be finite"),
+        (["--queue-num", "70000"], "queue_num = 70000 is not valid: is out of range"),
+    ],
+)
+def test_cli_prints_the_error_without_traceback_and_exits_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from alg.daemon.command import register, run
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["run", *argv])
+    assert run(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
