@@ -200,8 +200,11 @@ def check_anchor(facts: Facts) -> list[Finding]:
     found: list[Finding] = []
     for tool, tables in ours.items():
         covered: set[int] = set()
-        for chain_rules in tables.get("raw", {}).values():
-            for rule in chain_rules:
+        raw = tables.get("raw", {})
+        # forwarded control connections pass PREROUTING only (FTP_ALG_OUT serves the router's
+        # own): the anchor must be in our chain there or in PREROUTING itself
+        for chain in (rules.RAW_IN.name, rules.RAW_IN.hook):
+            for rule in raw.get(chain, []):
                 if rule[-3:] == ("CT", "--helper", rules.ANCHOR_HELPER) and "!" not in rule:
                     covered |= set(rule_ports(rule))
         if not ports <= covered:
@@ -210,9 +213,9 @@ def check_anchor(facts: Facts) -> list[Finding]:
                 Finding(
                     Severity.ERROR,
                     f"{tool}: no `-j CT --helper {rules.ANCHOR_HELPER}` anchor for control "
-                    f"port(s) {missing} in raw: the kernel refuses the ALG's expectations "
-                    "(data connections are refused) and rewrites that change a line's length "
-                    "break the session",
+                    f"port(s) {missing} in raw PREROUTING: the kernel refuses the ALG's "
+                    "expectations (data connections are refused) and rewrites that change a "
+                    "line's length break the session",
                     _apply_command(facts.expected),
                 )
             )
