@@ -67,6 +67,14 @@ def exit_status(findings: list[Finding]) -> int:
 def doctor(args: argparse.Namespace) -> int:
     from alg.doctor.gather import gather  # reads the system: only when run
 
+    if os.geteuid() != 0:
+        print(
+            "ftp-alg doctor: run it as root: iptables-save, nft and conntrack show nothing "
+            "otherwise, and every rule would look missing",
+            file=sys.stderr,
+        )
+        return 2
+
     config = args.config or config_default()
     socket_path = args.status_socket or os.environ.get(STATUS_SOCKET_ENV) or None
     findings = diagnose(gather(config, socket_path, args.invalid_seconds))

@@ -230,3 +230,17 @@ def test_render_quiet_and_fix_lines() -> None:
 def test_any_warning_or_error_fails(severity: Severity) -> None:
     assert exit_status([Finding(Severity.OK, "a"), Finding(severity, "b")]) == 1
     assert exit_status([Finding(Severity.INFO, "c")]) == 0
+
+
+def test_refuses_to_guess_without_root(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from alg.doctor.command import add_options, doctor
+
+    parser = argparse.ArgumentParser()
+    add_options(parser)
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    assert doctor(parser.parse_args([])) == 2
+    assert "run it as root" in capsys.readouterr().err
