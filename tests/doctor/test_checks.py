@@ -3,6 +3,7 @@ with `ftp-alg rules apply`, iptables 1.8.9 nf_tables)."""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import replace
 from typing import Any
 
@@ -23,7 +24,7 @@ from alg.doctor.checks import (
     check_rules,
     diagnose,
 )
-from alg.doctor.command import exit_status, render
+from alg.doctor.command import add_options, doctor, exit_status, render
 from alg.doctor.facts import Facts, conntrack_invalid, parse_nfqueue, parse_save, rule_ports
 from alg.kernel.rules import RuleOptions
 
@@ -235,10 +236,6 @@ def test_any_warning_or_error_fails(severity: Severity) -> None:
 def test_refuses_to_guess_without_root(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import argparse
-
-    from alg.doctor.command import add_options, doctor
-
     parser = argparse.ArgumentParser()
     add_options(parser)
     monkeypatch.setattr("os.geteuid", lambda: 1000)
