@@ -15,6 +15,7 @@ _COMMAND_MODULES = (
     "alg.daemon.command",
     "alg.kernel.rules_command",
     "alg.lab.command",
+    "alg.doctor.command",
 )
 
 

@@ -8,7 +8,12 @@ import logging
 import sys
 from typing import Any
 
-from alg.daemon.settings import DEFAULT_STATUS_SOCKET, load
+from alg.daemon.settings import (
+    DEFAULT_STATUS_SOCKET,
+    STATUS_SOCKET_ENV,
+    load,
+    status_socket_default,
+)
 
 
 def _ports(text: str) -> list[int]:
@@ -57,11 +62,20 @@ def register(sub: Any) -> None:
         help="poll the queue this long after traffic before sleeping (default 0)",
     )
     p.add_argument("--status-socket", help=f"unix socket (default {DEFAULT_STATUS_SOCKET})")
+    p.add_argument(
+        "--metrics-listen",
+        metavar="ADDR:PORT",
+        help="serve Prometheus /metrics here, e.g. 127.0.0.1:9477 or [::1]:9477 (default off)",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
     s = sub.add_parser("status", help="print the running daemon's counters")
-    s.add_argument("--status-socket", default=DEFAULT_STATUS_SOCKET)
-    s.add_argument("--json", action="store_true")
+    s.add_argument(
+        "--status-socket",
+        default=status_socket_default(),
+        help=f"unix socket (default ${STATUS_SOCKET_ENV} or {DEFAULT_STATUS_SOCKET})",
+    )
+    s.add_argument("--json", action="store_true", help="print the state as one JSON document")
     s.set_defaults(func=status)
 
 
@@ -75,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         "status_socket",
         "log_level",
         "busy_poll_us",
+        "metrics_listen",
     )
     overrides = {k: getattr(args, k) for k in keys}
     if args.queue_balance is not None:

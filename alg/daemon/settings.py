@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -15,6 +16,23 @@ from typing import Any
 from alg.core import Config
 
 DEFAULT_STATUS_SOCKET = "/run/ftp-alg/status.sock"
+DEFAULT_CONFIG = "/etc/ftp-alg/ftp-alg.toml"
+# Set by `ftp-alg lab exec` (and usable by admins): where `status` and `doctor` look by default,
+# so that inside a lab node they find the lab's daemon without options.
+STATUS_SOCKET_ENV = "FTP_ALG_STATUS_SOCKET"
+CONFIG_ENV = "FTP_ALG_CONFIG"
+
+
+def status_socket_default() -> str:
+    return os.environ.get(STATUS_SOCKET_ENV) or DEFAULT_STATUS_SOCKET
+
+
+def config_default() -> str | None:
+    """The config file `doctor` reads: $FTP_ALG_CONFIG, else the packaged path if present."""
+    path = os.environ.get(CONFIG_ENV)
+    if path is not None:
+        return path or None
+    return DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None
 
 
 @dataclass(frozen=True)
@@ -40,6 +58,29 @@ class Settings:
     # Bounded tries at a random outside port when the inside one is taken on the router.
     port_tries: int = 16
     port_range: tuple[int, int] = (1024, 65535)
+    # host:port or [v6]:port for Prometheus' /metrics (alg.daemon.metrics); "" = off.
+    metrics_listen: str = ""
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'127.0.0.1:9477' or '[::1]:9477' -> (address, port): an IP literal, so the daemon
+    never waits for name resolution at start-up; port 0 lets the kernel choose (tests)."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        family = 6
+    else:
+        family = 4
+    try:
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise ValueError
+        if ipaddress.ip_address(host).version != family:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"listen address {text!r} must be IPv4:PORT or [IPv6]:PORT, e.g. 127.0.0.1:9477"
+        ) from None
+    return host, int(port)
 
 
 _CORE_KEYS = {f.name for f in fields(Config)}
@@ -112,6 +153,15 @@ def _problem(name: str, value: Any, default: Any) -> str | None:
         return None if _announce_ok(value) else "must map addresses to addresses of one family"
     if name == "log_level":
         return None if value in _LOG_LEVELS else f"must be one of {', '.join(_LOG_LEVELS)}"
+    if name == "metrics_listen":
+        if not isinstance(value, str):
+            return "must be HOST:PORT (empty: off)"
+        try:
+            if value:
+                parse_listen(value)
+        except ValueError as exc:
+            return str(exc)
+        return None
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "must be true or false"
     if isinstance(default, str):

@@ -171,19 +171,29 @@ def ftp_helper_conflicts(opts: RuleOptions) -> list[str]:
     found: list[str] = []
     for family in opts.families:
         done = run([f"{TOOLS[family]}-save", "-t", "raw"])
-        for line in done.stdout.splitlines():
-            if line.startswith("-A") and _IPT_FTP_HELPER.search(line):
-                ports = _IPT_PORTS.search(line)
-                negated = "! --dport" in line
-                if ports is None or negated or _overlaps(ports.group(1), opts.ports):
-                    found.append(f"{TOOLS[family]}: {line}")
+        found += ftp_helper_lines(TOOLS[family], done.stdout, opts.ports)
     try:
         ruleset = run(["nft", "list", "ruleset"])
     except RulesError:
         return found
-    for match in _NFT_FTP_HELPER.finditer(ruleset.stdout):
-        found.append(f"nft: ct helper of {match.group(0)}")
+    return found + nft_ftp_helpers(ruleset.stdout)
+
+
+def ftp_helper_lines(tool: str, save: str, ports: tuple[int, ...]) -> list[str]:
+    """The `-j CT --helper ftp` rules of an `iptables-save` text that may catch our ports."""
+    found: list[str] = []
+    for line in save.splitlines():
+        if line.startswith("-A") and _IPT_FTP_HELPER.search(line):
+            spec = _IPT_PORTS.search(line)
+            negated = "! --dport" in line
+            if spec is None or negated or _overlaps(spec.group(1), ports):
+                found.append(f"{tool}: {line}")
     return found
+
+
+def nft_ftp_helpers(ruleset: str) -> list[str]:
+    """The `ct helper` objects of type "ftp" in an `nft list ruleset` text."""
+    return [f"nft: ct helper of {m.group(0)}" for m in _NFT_FTP_HELPER.finditer(ruleset)]
 
 
 def _overlaps(spec: str, ours: tuple[int, ...]) -> bool:

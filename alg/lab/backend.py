@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from alg.daemon.settings import CONFIG_ENV, STATUS_SOCKET_ENV
 from alg.lab import netns, state
 from alg.lab.topology import DEFAULT_PATH, Topology, load
 
@@ -264,4 +265,22 @@ def exec_in(prefix: str, node: str, argv: Sequence[str]) -> int:
         raise LabError(f"no node {node!r} (nodes: {', '.join(record.namespaces)})")
     if not argv:
         raise LabError("nothing to run: `ftp-alg lab exec NODE -- CMD...`")
-    return subprocess.run(netns.in_ns(record.namespaces[node], argv), check=False).returncode
+    env = exec_env(record, load(Path(record.topology)), node)
+    return subprocess.run(
+        netns.in_ns(record.namespaces[node], argv), env=env, check=False
+    ).returncode
+
+
+def exec_env(record: state.LabRecord, topo: Topology, node: str) -> dict[str, str]:
+    """The caller's environment, with this checkout's `ftp-alg` first on PATH and, on the
+    router, the lab daemon's status socket and config named, so that `ftp-alg status` and
+    `ftp-alg doctor` run there find the lab's daemon without options (FTP_ALG_CONFIG empty:
+    no config file, never the host's /etc one)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/sbin:/usr/bin')}"
+    if node == topo.router:
+        here = state.node_dir(record.prefix, node)
+        config = here / "ftp-alg.toml"
+        env[STATUS_SOCKET_ENV] = str(here / "ftp-alg-status.sock")
+        env[CONFIG_ENV] = str(config) if config.exists() else ""
+    return env

@@ -105,8 +105,9 @@ alg_daemon_start() {
     # is passed on; the command-line options below still win.
     local config=()
     [ -f "$DIR/ftp-alg.toml" ] && config=(--config "$DIR/ftp-alg.toml")
+    # /metrics on the router's own loopback (each namespace has its own 127.0.0.1)
     start_bg ftp-alg "$FTP_ALG" run "${config[@]}" --queue-num 0 --ports "$ports" \
-        --status-socket "$DIR/ftp-alg-status.sock"
+        --status-socket "$DIR/ftp-alg-status.sock" --metrics-listen 127.0.0.1:9477
     for ((i = 0; i < 50; i++)); do
         alg_status && return 0
         running ftp-alg || break
