@@ -52,6 +52,7 @@ eval "$(cd "$WORK" && dpkg-buildflags --export=sh)"
 "$VENV/bin/python" -m pip freeze --disable-pip-version-check >"$WORK/python-packages.txt"
 "$VENV/bin/python" -m pip uninstall -q -y --disable-pip-version-check pip setuptools
 find "$VENV" -depth -type d -name __pycache__ -exec rm -rf {} +
+rm -rf "$VENV/share"  # scapy's man page: not a command this package offers
 find "$VENV" -depth -type d -empty -delete
 # Only the interpreter links and ftp-alg stay in bin/ (not activate, nor the libraries' tools).
 find "$VENV/bin" -mindepth 1 ! -name 'python*' ! -name ftp-alg -delete
