@@ -3,7 +3,8 @@
 passthrough_pps  established session with an active offset: data and ack segments adjusted
                  and re-checksummed
 rewrite_pps      PORT segments rewritten (the server's ack after each is fed, not timed)
-replay_pps       frames per second replaying zeek/cwd-navigation.pcap, reading and writing
+replay_pps       frames per second replaying zeek/cwd-navigation.pcap (shipped in alg/data),
+                 reading and writing
 session_bytes    memory per tracked, established session (tracemalloc)
 """
 
@@ -19,11 +20,12 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+from alg.captures import bench_capture
 from alg.core import Command, FlowKey, Found, Gateway, Lookup, Reserve, Reserved
 from alg.core.packet import ACK, PSH, build
 
 _C, _C_OUT, _S = bytes((192, 168, 0, 1)), bytes((192, 168, 15, 5)), bytes((198, 51, 100, 2))
-DEFAULT_CAPTURE = Path(__file__).resolve().parents[2] / "shared/pcaps/zeek/cwd-navigation.pcap"
+DEFAULT_CAPTURE = bench_capture()
 
 
 def answer(gw: Gateway, commands: list[Command], tuples: dict[FlowKey, Found]) -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from scapy.utils import RawPcapReader
 
-from alg.captures import bench_capture, capture_dir
+from alg.captures import bench_capture
+from tests.replay.test_replay import capture_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 

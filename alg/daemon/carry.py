@@ -49,7 +49,8 @@ def log_report(report: Report) -> None:
         reason,
         report.message,
         detail,
-        extra={"session": report.session, "kind": str(report.kind)},
+        # The rate limiter's key: bounce and low-port refusals are limited separately.
+        extra={"session": report.session, "kind": f"{report.kind}{reason}"},
     )
 
 

@@ -18,6 +18,9 @@ from typing import Any
 from alg.core import Gateway
 from alg.daemon.carry import Carrier
 from alg.daemon.conntrack import Kernel, to_key
+from alg.daemon.metrics import Metrics
+from alg.daemon.queueflags import set_fail_open
+from alg.daemon.ratelimit import RateLimitFilter
 from alg.daemon.settings import Settings
 from alg.daemon.status import StatusServer
 from alg.kernel.ctevents import DestroyListener
@@ -35,6 +38,9 @@ class Daemon:
         self.kernel = Kernel(self.ct, settings.port_tries, (low, high))
         self.gw = Gateway(settings.core)
         self.carrier = Carrier(self.gw, self.kernel, time.monotonic)
+        # A taken port raises OSError here, which `ftp-alg run` reports as "cannot start".
+        self.metrics = Metrics(settings.metrics_listen or None)
+        self._metrics_due = 0.0
         self.counters: dict[str, int] = {}
         self.started = time.time()
         self.stop = False
@@ -44,6 +50,13 @@ class Daemon:
 
     def on_packet(self, pkt: Any) -> None:
         """The queue callback: every packet gets a verdict, now or (held) later."""
+        start = time.perf_counter()
+        try:
+            self._packet(pkt)
+        finally:
+            self.metrics.observe_packet(time.perf_counter() - start)
+
+    def _packet(self, pkt: Any) -> None:
         self._count("packets")
         try:
             commands = self.gw.packet(pkt, pkt.get_payload(), time.monotonic())
@@ -60,13 +73,15 @@ class Daemon:
             return
         self.carrier.run(commands)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, ask_kernel: bool = True) -> dict[str, Any]:
+        """The daemon's state. `ask_kernel`: count the kernel's expectations (a ctnetlink
+        dump); without it, the ones this daemon created and still owns."""
         return {
             "pid": os.getpid(),
             "uptime": round(time.time() - self.started, 1),
             "sessions": self.gw.session_count,
             "held": self.gw.held_count,
-            "expectations": self._kernel_expectations(),
+            "expectations": (self._kernel_expectations() if ask_kernel else len(self.kernel.owned)),
             "queue": self.settings.queue_num,
             "queues": self.settings.queue_count,
             "control_ports": sorted(self.settings.core.control_ports),
@@ -102,6 +117,9 @@ class Daemon:
         for num in range(first, first + self.settings.queue_count):
             nfq = NetfilterQueue()
             nfq.bind(num, self.on_packet, max_len=4096)
+            # A full queue passes packets (fail-open) unless the admin chose fail_closed:
+            # netfilterqueue never sets the flag itself (linux-facts, "NFQUEUE under load").
+            set_fail_open(nfq.get_fd(), num, enabled=not self.settings.fail_closed)
             queues.append(nfq)
         events = DestroyListener(ports=self.settings.core.control_ports)
         status = StatusServer(self.settings.status_socket)
@@ -111,6 +129,8 @@ class Daemon:
             ",".join(map(str, sorted(self.settings.core.control_ports))),
             "closed" if self.settings.fail_closed else "open",
         )
+        limiter = RateLimitFilter(log)
+        log.addFilter(limiter)
         by_fd = {nfq.get_fd(): nfq for nfq in queues}
         fds = [*by_fd, events.fileno(), status.fileno(), rd]
         try:
@@ -125,6 +145,11 @@ class Daemon:
                     self._turn(ready, busy, events, status)
                     if busy and self.settings.busy_poll_us:
                         self._busy_poll(queues)
+                    if now >= self._metrics_due:
+                        limiter.tick()
+                        if self.metrics.enabled:
+                            self.metrics.update(self.status(ask_kernel=False))
+                        self._metrics_due = now + 1.0
                 except Exception:  # never die: log, count, and keep reading the queue
                     self._count("errors")
                     log.exception("internal error in the main loop")
@@ -137,6 +162,9 @@ class Daemon:
                 nfq.unbind()
             events.close()
             status.close()
+            self.metrics.close()
+            limiter.flush()
+            log.removeFilter(limiter)
             self.ct.close()
             signal.set_wakeup_fd(-1)
         return 0

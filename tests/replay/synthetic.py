@@ -1,4 +1,4 @@
-"""Synthetic FTP captures for what the shared ones lack (see ../shared/pcaps/MANIFEST.md).
+"""Synthetic FTP captures for what the shared ones lack (see tests/captures/MANIFEST.md).
 
 LPRT/228, a PORT split across segments, a 227 without parentheses, IPv6 EPRT, and one session
 with many rewrites. Built packet by packet with correct seq/acks, written with scapy.

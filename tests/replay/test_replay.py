@@ -20,7 +20,13 @@ from alg.replay.command import _nat, replay
 from alg.replay.report import as_dict
 from tests.replay import synthetic
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "pcaps"
+
+def capture_dir() -> Path:
+    """tests/captures: the recorded captures, one folder per source with its LICENSE."""
+    return Path(__file__).resolve().parents[1] / "captures"
+
+
+SHARED = capture_dir()
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "replay"
 MODES = {
     "client-nat": ({4: "203.0.113.7", 6: "2001:db8::7"}, {}),
