@@ -484,6 +484,7 @@ class Session:
             return
         half.exact.add(span, len(old), new)
         after = line[: hp.start] + new + line[hp.end :]
+        self.ctx.count(f"rewrite.{hp.kind.value.lower()}")  # by kind: port, eprt, 227, ...
         self.report(
             out,
             Report(

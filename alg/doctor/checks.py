@@ -115,10 +115,11 @@ def check_queue_drops(facts: Facts) -> list[Finding]:
 # --- the rules -------------------------------------------------------------------------------
 
 
-def _expected(opts: rules.RuleOptions) -> dict[tuple[str, str], list[Rule]]:
-    """(table, chain) -> rules, our chains and the jumps into them, as iptables-save shows."""
+def _expected(opts: rules.RuleOptions, family: int) -> dict[tuple[str, str], list[Rule]]:
+    """(table, chain) -> rules, our chains and the jumps into them, as iptables-save shows
+    (the payload test differs per family)."""
     want: dict[tuple[str, str], list[Rule]] = {}
-    for chain, chain_rules in rules.iptables_rules(opts).items():
+    for chain, chain_rules in rules.iptables_rules(opts, family).items():
         want[(chain.table, chain.name)] = [normalise(r) for r in chain_rules]
         want.setdefault((chain.table, chain.hook), []).append(("-j", chain.name))
     return want
@@ -155,7 +156,8 @@ def check_rules(facts: Facts) -> list[Finding]:
     names = {c.name for c in rules.CHAINS}
     for tool, tables in ours.items():
         differences: list[str] = []
-        for (table, chain), want in _expected(opts).items():
+        family = 6 if tool == rules.TOOLS[6] else 4
+        for (table, chain), want in _expected(opts, family).items():
             have = tables.get(table, {}).get(chain, [])
             if chain not in names:  # a built-in hook: only our jumps matter there
                 have = [r for r in have if r[:1] == ("-j",) and r[1] in names]
