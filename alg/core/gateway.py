@@ -59,6 +59,9 @@ class Gateway:
         self._flows: dict[FlowKey, tuple[Session, Stream]] = {}
         self._sessions: dict[int, Session] = {}
         self._lookups: dict[FlowKey, list[tuple[Segment, Handle]]] = {}
+        # What running work has to say: sessions' work appends, `_drive` collects. One box
+        # for all sessions, since only one piece of work runs at a time.
+        self._box: list[Command] = []
         self._next_sweep = 0.0
 
     # ---- views for the adapters ----------------------------------------------------------
@@ -77,7 +80,7 @@ class Gateway:
         out-of-order segments, packets waiting for an answer)."""
         held = sum(len(h) for h in self._lookups.values())
         for s in self._sessions.values():
-            held += len(s.parked) + (s.busy is not None)
+            held += len(s.parked or ()) + (s.busy is not None)
             held += sum(len(h.held) + len(h.ooo) for h in (s.orig, s.reply))
         return held
 
@@ -148,18 +151,20 @@ class Gateway:
         out: list[Command],
     ) -> None:
         if session.suspended is not None:
+            if session.parked is None:
+                session.parked = []
             session.parked.append((stream, seg, handle))
             return
-        work = session.segment(stream, seg, handle, now, session.outbox)
+        work = session.segment(stream, seg, handle, now, self._box)
         self._drive(session, work, None, now, out)
 
     def _drive(
         self, session: Session, work: Work, value: int | None, now: float, out: list[Command]
     ) -> None:
         """Run `work` until it asks a question (appended last) or ends; then let the
-        packets that arrived meanwhile in. Work writes into the session's outbox, which
+        packets that arrived meanwhile in. Work writes into the gateway's box, which
         outlives the call that started it."""
-        box = session.outbox
+        box = self._box
         while True:
             question = None
             try:
@@ -174,6 +179,7 @@ class Gateway:
                 out.append(question)
                 return
             if not session.parked:
+                session.parked = None
                 return
             stream, seg, handle = session.parked.pop(0)
             work, value = session.segment(stream, seg, handle, now, box), None
@@ -263,14 +269,17 @@ class Gateway:
         return session
 
     def _keys(self, session: Session) -> Iterator[tuple[FlowKey, Stream]]:
-        """Every view of a session at the queue: conntrack's two tuples, and both
-        directions after DNAT and before SNAT (where mangle POSTROUTING queues them)."""
+        """Every key a session is found by: conntrack's original tuple (destroy events name
+        it) and both directions as mangle POSTROUTING queues them, after DNAT and before
+        SNAT. Behind masquerade the client's view is the original tuple itself, through a
+        port forward the server's is the reply tuple: equal keys are stored once."""
         orig, reply = session.tuples
         inside = inside_view(orig, reply)
+        back = reverse(inside)
         yield orig, session.orig
-        yield reply, session.reply
-        yield inside, session.orig
-        yield reverse(inside), session.reply
+        if inside != orig:
+            yield inside, session.orig
+        yield (reply if back == reply else back), session.reply
 
     def _index(self, session: Session) -> None:
         for key, stream in self._keys(session):
@@ -297,7 +306,7 @@ class Gateway:
                 h.hold_deadline is not None and h.hold_deadline <= now
                 for h in (session.orig, session.reply)
             ):
-                self._drive(session, session.expire(now, session.outbox), None, now, out)
+                self._drive(session, session.expire(now, self._box), None, now, out)
         if now >= self._next_sweep:
             self._next_sweep = now + _SWEEP_EVERY
             out += self._sweep(now)

@@ -111,7 +111,15 @@ class Protocol:
     """One control connection's protocol state: the state, the commands awaiting replies,
     and the multi-line reply in progress."""
 
-    __slots__ = ("_handled", "_limits", "_multiline", "_noted_protected", "pending", "state")
+    __slots__ = (
+        "_handled",
+        "_max_line",
+        "_max_pending",
+        "_multiline",
+        "_noted_protected",
+        "pending",
+        "state",
+    )
 
     def __init__(self, state: State, max_pending: int, max_line: int) -> None:
         self.state = state
@@ -119,7 +127,7 @@ class Protocol:
         self._multiline: bytes | None = None  # code of the multi-line reply in progress
         self._handled = False  # the reply in progress had its address acted on (or refused)
         self._noted_protected = False
-        self._limits = (max_pending, max_line)
+        self._max_pending, self._max_line = max_pending, max_line
 
     def signal(self, signal: Signal) -> None:
         before = self.state
@@ -133,7 +141,7 @@ class Protocol:
     # ---- commands (ORIGINAL) -----------------------------------------------------------------
 
     def command(self, line: bytes, overflow: bool) -> Meaning:
-        max_pending, max_line = self._limits
+        max_pending, max_line = self._max_pending, self._max_line
         verb = verb_of(line)
         if len(self.pending) >= max_pending:
             del self.pending[0]

@@ -58,7 +58,8 @@ class ExactMap:
 
     def __init__(self, base: int = 0) -> None:
         self.base = base
-        self.active: list[Correction] = []
+        # Most streams never see a correction: they share the empty tuple until they do.
+        self.active: list[Correction] | tuple[Correction, ...] = ()
 
     @property
     def identity(self) -> bool:
@@ -72,6 +73,8 @@ class ExactMap:
     def add(self, pos: int, old_len: int, new: bytes) -> Correction:
         """Record a rewrite; spans arrive in stream order and never overlap."""
         corr = Correction(pos, old_len, new)
+        if isinstance(self.active, tuple):
+            self.active = []
         self.active.append(corr)
         return corr
 
@@ -142,6 +145,8 @@ class ExactMap:
     def acked(self, x: int) -> None:
         """The receiver has everything before the sender's position x: fold finished spans."""
         active = self.active
+        if not isinstance(active, list):
+            return
         while active and seq_diff(x, active[0].end) >= 0:
             self.base += active.pop(0).delta
 

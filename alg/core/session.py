@@ -50,7 +50,6 @@ class Session:
         "id",
         "last_seen",
         "orig",
-        "outbox",
         "parked",
         "protocol",
         "reply",
@@ -88,8 +87,8 @@ class Session:
         self.conn_id = 0  # conntrack's id of the connection, when the adapter knows it
         self.suspended: Work | None = None  # waiting for an answer
         self.busy: Handle | None = None  # the packet the suspended work is about
-        self.parked: list[tuple[Stream, Segment, Handle]] = []  # arrived meanwhile
-        self.outbox: list[Command] = []  # what running work has to say, collected by the gateway
+        # Packets that arrived while the work waited for an answer (a list only then).
+        self.parked: list[tuple[Stream, Segment, Handle]] | None = None
 
     def __repr__(self) -> str:
         return f"session {self.id}"
@@ -509,9 +508,9 @@ class Session:
         if self.busy is not None:
             out.append(verdict(self.busy, None))
             self.busy = None
-        for _, _, handle in self.parked:
+        for _, _, handle in self.parked or ():
             out.append(verdict(handle, None))
-        self.parked.clear()
+        self.parked = None
         for half in (self.orig, self.reply):
             self.drain(half, now, out, force=True)
             for handle, _, _ in half.ooo.values():

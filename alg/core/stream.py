@@ -32,6 +32,7 @@ from alg.core.tls import TlsWalker
 
 # Largest payload a coalesced segment may carry: the TCP payload of a 1280-byte IPv6 packet
 # (the smallest MTU IPv6 allows), so it fits any path the parts came through.
+NO_RECORD = SeqAdjRecord()  # shared: records are immutable, most streams never change
 COALESCE_MAX = 1220
 
 
@@ -75,7 +76,7 @@ class Stream:
     def __init__(self, direction: Dir) -> None:
         self.dir = direction
         self.exact = ExactMap()
-        self.record = SeqAdjRecord()  # the kernel's record, as last written or read
+        self.record = NO_RECORD  # the kernel's record, as last written or read
         self.record_end: int | None = None  # end of the segment that set it, until acked
         self.acked: int | None = None  # the receiver has every byte before this
         # An ack past every byte seen: the far side got bytes that never reached the queue
