@@ -35,6 +35,8 @@ from alg.core import (
 )
 from alg.core.packet import ACK, PSH, SYN, build, ipv4_checksum_ok, parse, rebuild, tcp_checksum_ok
 
+__all__ = ["Link", "Peer", "VerdictError", "build", "ip", "sack_option"]
+
 MASK = 0xFFFFFFFF
 
 

@@ -30,10 +30,11 @@ from alg.core.commands import (
 )
 from alg.core.config import Config
 from alg.core.context import Context
+from alg.core.dialogue import Work
 from alg.core.errors import NotControlTraffic, PacketError
 from alg.core.packet import ACK, SYN, Segment, parse
 from alg.core.reports import EventKind, Reason, Report
-from alg.core.session import Session, Work
+from alg.core.session import Session
 from alg.core.stream import Stream
 
 _SWEEP_EVERY = 1.0  # seconds between idle/expiry sweeps over all sessions

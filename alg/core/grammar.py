@@ -23,6 +23,9 @@ class Kind(Enum):
     PASV_227 = "227"
     LPSV_228 = "228"
     EPSV_229 = "229"
+    # No address line at all: a transfer with no PORT/PASV in effect uses RFC 959 3.2's
+    # default data port (the server connects from port 20 to the client's control port).
+    DEFAULT = "default port"
 
 
 class HostPort(NamedTuple):

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from alg.core.commands import DataExpectation, Dir, FlowKey
 from alg.core.config import Config
-from alg.core.grammar import HostPort
+from alg.core.grammar import HostPort, Kind
 from alg.core.protocol import Notice, Refused
 from alg.core.reports import EventKind, Reason
 from alg.core.text import show_addr
@@ -27,6 +27,45 @@ class Plan(NamedTuple):
     proposal: DataExpectation
     fixed: bool
     announce: bytes
+
+
+def decide_default(
+    line: bytes,
+    session: int,
+    family: int,
+    tuples: tuple[FlowKey, FlowKey] | None,
+    config: Config,
+) -> Plan | Refused | Notice:
+    """RFC 959's default data port: the server connects from port 20 to the client's control
+    connection port. Behind masquerade that port is the router's (the reply tuple's), so the
+    data connection must be expected there and sent on to the client's own port."""
+    what = "default data port"
+    if tuples is None:
+        return Refused(Reason.NAT_UNKNOWN, f"{what}: the NAT mapping is unknown", line)
+    orig, reply = tuples
+    client, cport, outside, outside_port = orig[0], orig[1], reply[2], reply[3]
+    if client == outside and cport == outside_port:
+        return Notice(EventKind.UNCHANGED, f"{what}: no NAT on the client's side, nothing to do")
+    if cport < config.min_data_port:
+        return Refused(
+            Reason.LOW_PORT,
+            f"{what}: the client's control port {cport} < {config.min_data_port}",
+            line,
+        )
+    proposal = DataExpectation(
+        session=session,
+        kind=Kind.DEFAULT,
+        family=family,
+        master=orig,
+        peer=reply[0],
+        outside=outside,
+        outside_port=outside_port,
+        inside=client,
+        inside_port=cport,
+        nat_dir=Dir.REPLY,
+        timeout=config.expect_timeout,
+    )
+    return Plan(proposal, True, outside)
 
 
 def decide(

@@ -9,6 +9,11 @@ reply whose code starts with 1 is preliminary (RFC 959 4.2) and answers nothing;
 answers the oldest waiting command. A multi-line reply ("227-" ... "227 ") counts once, when
 it ends, and its address may stand in any of its lines.
 
+RFC 959 3.2's default data port: a transfer command (RETR, LIST, ...) with no PORT, EPRT,
+LPRT, PASV, LPSV or EPSV since the previous transfer makes the server connect from port 20 to
+the client's control connection port. Such a command means `DefaultPort` (only in a session
+seen from its start: joined mid-stream, the gateway cannot know what is in effect).
+
 An address-bearing line is acted on when:
 - a client sends PORT, EPRT or LPRT (RFC 959 4.1.2, RFC 2428 2, RFC 1639 2): always;
 - a server sends 227, 228 or 229 (RFC 959 4.1.2, RFC 1639, RFC 2428 3): only as the answer to
@@ -65,6 +70,9 @@ PASSIVE = {b"227": b"PASV", b"228": b"LPSV", b"229": b"EPSV"}
 _PASSIVE_VERBS = frozenset(PASSIVE.values())
 # RFC 2228 protected commands: their content is encoded, so no address can be read there.
 _PROTECTED = frozenset((b"ENC", b"MIC", b"CONF"))
+# Commands that open a data connection (RFC 959 4.1.3, RFC 3659 7).
+TRANSFER_VERBS = frozenset((b"RETR", b"STOR", b"STOU", b"APPE", b"LIST", b"NLST", b"MLSD"))
+_DATA_PORT_VERBS = frozenset(ADDRESS_VERBS) | _PASSIVE_VERBS
 
 
 # ---- what a line means -----------------------------------------------------------------------
@@ -96,7 +104,13 @@ class Blind(NamedTuple):
     """AUTH TLS was accepted: from the next byte on, both directions are TLS records."""
 
 
-Meaning = Address | Refused | Notice | Blind | None
+class DefaultPort(NamedTuple):
+    """A transfer command with no data port in effect: RFC 959's default data port."""
+
+    line: bytes
+
+
+Meaning = Address | Refused | Notice | Blind | DefaultPort | None
 
 
 def verb_of(line: bytes) -> bytes:
@@ -112,6 +126,7 @@ class Protocol:
     and the multi-line reply in progress."""
 
     __slots__ = (
+        "_data_port_set",
         "_handled",
         "_max_line",
         "_max_pending",
@@ -128,6 +143,9 @@ class Protocol:
         self._handled = False  # the reply in progress had its address acted on (or refused)
         self._noted_protected = False
         self._max_pending, self._max_line = max_pending, max_line
+        # A PORT/PASV is in effect for the next transfer. Unknown when joined mid-stream:
+        # then assume one is, and never act on the default data port.
+        self._data_port_set = state is not State.GREETING
 
     def signal(self, signal: Signal) -> None:
         before = self.state
@@ -138,6 +156,11 @@ class Protocol:
             self.pending.clear()
             self._multiline = None
 
+    def commands_lost(self) -> None:
+        """Bytes of the command stream were never seen (a gap): a PORT or PASV may have been
+        among them, so the default data port is not assumed until the next transfer."""
+        self._data_port_set = True
+
     # ---- commands (ORIGINAL) -----------------------------------------------------------------
 
     def command(self, line: bytes, overflow: bool) -> Meaning:
@@ -146,6 +169,12 @@ class Protocol:
         if len(self.pending) >= max_pending:
             del self.pending[0]
         self.pending.append(verb)
+        if verb in _DATA_PORT_VERBS:
+            self._data_port_set = True
+        elif verb in TRANSFER_VERBS and self.state is State.COMMANDS:
+            in_effect, self._data_port_set = self._data_port_set, False
+            if not in_effect and not overflow:
+                return DefaultPort(line)
         if verb in ADDRESS_VERBS:
             name = verb.decode()
             if overflow:

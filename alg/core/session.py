@@ -7,35 +7,28 @@ question and receives the answer, then goes on where it stopped. The gateway dri
 
 from __future__ import annotations
 
-from collections.abc import Generator
-
 from alg.core.commands import (
     Command,
-    DataExpectation,
     Dir,
     Drop,
     FlowKey,
     Handle,
-    Reserve,
     Withdraw,
-    WriteSeqAdj,
 )
 from alg.core.context import Context
-from alg.core.grammar import format_span
+from alg.core.dialogue import Dialogue, Work
 from alg.core.packet import ACK, FIN, RST, SYN, Segment
-from alg.core.policy import Plan, decide
-from alg.core.protocol import Address, Blind, Notice, Protocol, Refused, Signal, State
-from alg.core.reports import EventKind, Reason, Report
+from alg.core.protocol import (
+    Protocol,
+    State,
+)
+from alg.core.reports import EventKind, Report
 from alg.core.seqadj import MASK, SeqAdjRecord, seq_diff
 from alg.core.stream import COALESCE_MAX, Held, Stream, verdict
-from alg.core.text import show_addr, show_line
-from alg.core.tls import TlsWalker
-
-Question = Reserve
-Work = Generator[Question, "int | None", None]
+from alg.core.text import show_line
 
 
-class Session:
+class Session(Dialogue):
     """State of one control connection, from its first queued segment until conntrack
     forgets it."""
 
@@ -44,8 +37,6 @@ class Session:
         "closing_at",
         "conn_id",
         "ctx",
-        "expect",
-        "expect_deadline",
         "family",
         "id",
         "last_seen",
@@ -80,8 +71,7 @@ class Session:
         for stream, record in zip((self.orig, self.reply), records, strict=True):
             if record is not None and not record.identity:
                 stream.resume(record)
-        self.expect: DataExpectation | None = None
-        self.expect_deadline = 0.0
+        super().__init__()
         self.last_seen = now
         self.closing_at: float | None = None
         self.conn_id = 0  # conntrack's id of the connection, when the adapter knows it
@@ -95,9 +85,6 @@ class Session:
 
     def peer(self, stream: Stream) -> Stream:
         return self.reply if stream is self.orig else self.orig
-
-    def report(self, out: list[Command], report: Report) -> None:
-        self.ctx.report(out, report)
 
     # ---- segments ------------------------------------------------------------------------
 
@@ -113,7 +100,7 @@ class Session:
             other.note_ack(ack)
             if other.held and other.record_end is None:
                 self.drain(other, now, out)  # a rewrite waiting for this ack may go now
-            if self._hole_passed(other):
+            if other.hole_passed():
                 yield from self._skip_hole(other, now, out)
         if flags & SYN:
             half.start(seg.seq + 1)
@@ -156,7 +143,7 @@ class Session:
                 return
             if len(half.ooo) < config.max_held:
                 half.ooo[seq] = (handle, seg, ack)
-                if self._hole_passed(half):
+                if half.hole_passed():
                     yield from self._skip_hole(half, now, out)
                     return
                 if half.hold_deadline is None:
@@ -200,7 +187,7 @@ class Session:
         else:
             if half.line_hold:
                 half.line_hold = False
-                self._coalesce(half, out)
+                half.coalesce(self.ctx, out)
             self.drain(half, now, out)
         if half.ooo:  # the rest of a split line may be waiting there, out of order
             yield from self._in_order(half, now, out)
@@ -219,65 +206,11 @@ class Session:
             return False
         return True
 
-    def _coalesce(self, half: Stream, out: list[Command]) -> None:
-        """The line that was split is complete: its segments leave as ONE segment (built
-        from the newest packet), so the kernel's record can shift it as a whole."""
-        held = half.held
-        first = next(
-            (i for i, h in enumerate(held) if seq_diff(h.seq + len(h.data), half.hold_line) > 0),
-            len(held),
-        )
-        group = held[first:]
-        if len(group) < 2 or sum(len(h.data) for h in group) > COALESCE_MAX:
-            return
-        last = group[-1]
-        merged = Held(
-            last.handle, last.seg, group[0].seq, b"".join(h.data for h in group), last.ack
-        )
-        out.extend(Drop(h.handle) for h in group[:-1])
-        held[first:] = [merged]
-        self.ctx.count("held.coalesced", len(group) - 1)
-
     def drain(self, half: Stream, now: float, out: list[Command], force: bool = False) -> None:
-        """Let held segments go, oldest first, each after the record it needs. A segment
-        whose record would replace one the receiver has not acknowledged yet waits (until
-        `force`, at the hold deadline)."""
-        config, other = self.ctx.config, self.peer(half)
-        while half.held:
-            item = half.held[0]
-            end = (item.seq + len(item.data)) & MASK
-            if half.line_hold and not force and seq_diff(end, half.hold_line) > 0:
-                break  # the split line's segments wait for the rest of it
-            record = half.record_for(item.seq, end)
-            if record is not None:
-                if not half.may_replace_record() and not force:
-                    if half.hold_deadline is None:
-                        half.hold_deadline = now + config.hold_timeout
-                    break
-                if not half.may_replace_record():
-                    self.ctx.count("seqadj-replaced-unacknowledged")
-                out.append(WriteSeqAdj(self.tuples[0], half.dir, record))
-                half.record, half.record_end = record, end
-            built = half.build(other, item.seg, item.seq, item.data, item.ack, config)
-            out.append(verdict(item.handle, built))
-            half.sent_upto = end
-            del half.held[0]
-        if not half.held:
-            half.line_hold = False
-            if not half.ooo:
-                half.hold_deadline = None
-
-    @staticmethod
-    def _hole_passed(half: Stream) -> bool:
-        """The far side acknowledged bytes past a hole we hold segments behind: it got them
-        without us (lost before the capture point, not queued), so the hole never fills."""
-        unseen, expected = half.unseen_ack, half.next_seq
-        if not half.ooo or unseen is None or expected is None:
-            return False
-        return seq_diff(unseen, expected) > 0
+        half.drain(self.peer(half), self.tuples[0], now, self.ctx, out, force)
 
     def _skip_hole(self, half: Stream, now: float, out: list[Command]) -> Work:
-        first = min(half.ooo, key=lambda s: seq_diff(s, half.next_seq or 0))
+        first = half.first_ooo()
         self._gap(half, first, seq_diff(first, half.next_seq or first), now, out)
         yield from self._in_order(half, now, out)
 
@@ -285,7 +218,7 @@ class Session:
         """Out-of-order segments whose turn has come, in sequence order."""
         while half.ooo:
             assert half.next_seq is not None
-            seq = min(half.ooo, key=lambda s: seq_diff(s, half.next_seq or 0))
+            seq = half.first_ooo()
             if seq_diff(seq, half.next_seq) > 0:
                 return
             handle, seg, ack = half.ooo.pop(seq)
@@ -293,6 +226,8 @@ class Session:
 
     def _gap(self, half: Stream, seq: int, missing: int, now: float, out: list[Command]) -> None:
         """Bytes before `seq` were never seen (lost before us, or not captured): resync."""
+        if half is self.orig:
+            self.protocol.commands_lost()
         self.drain(half, now, out, force=True)
         self.report(
             out,
@@ -329,174 +264,9 @@ class Session:
                 )
                 self.drain(half, now, out, force=True)
             if half.ooo:
-                first = min(half.ooo, key=lambda s: seq_diff(s, half.next_seq or 0))
+                first = half.first_ooo()
                 self._gap(half, first, seq_diff(first, half.next_seq or first), now, out)
                 yield from self._in_order(half, now, out)
-
-    # ---- lines ---------------------------------------------------------------------------
-
-    def _read(self, half: Stream, new: bytes, start: int, now: float, out: list[Command]) -> Work:
-        if half.tls is not None:
-            idx = half.tls.feed(new)
-            if idx < 0:
-                return
-            half.tls = None
-            half.lines.reset(start + idx)
-            self.protocol.signal(Signal.CLEAR_TEXT)
-            self.report(
-                out,
-                Report(
-                    EventKind.CLEAR,
-                    self.id,
-                    f"{half.dir.name} stream back in clear text after TLS: "
-                    f"'{show_line(new[idx : idx + 60], 60)}'",
-                ),
-            )
-            new, start = new[idx:], start + idx
-        config = self.ctx.config
-        from_client = half is self.orig
-        for line, line_start, overflow in half.lines.feed(new, start, config.max_line):
-            if half.tls is not None:
-                break  # AUTH TLS took effect inside this segment: the rest is TLS
-            if from_client:
-                meaning = self.protocol.command(line, overflow)
-            else:
-                meaning = self.protocol.reply(line, overflow)
-            if meaning is None:
-                continue
-            if isinstance(meaning, Address):
-                yield from self._address(half, meaning, line_start, now, out)
-            elif isinstance(meaning, Refused):
-                self._refuse(out, meaning)
-            elif isinstance(meaning, Notice):
-                self.report(out, Report(meaning.kind, self.id, meaning.message))
-            elif isinstance(meaning, Blind):
-                self._go_blind(out)
-        if half.tls is not None and half.lines.partial:
-            half.lines.reset(0)
-
-    def _refuse(self, out: list[Command], refused: Refused) -> None:
-        self.report(
-            out,
-            Report(
-                EventKind.REFUSAL,
-                self.id,
-                refused.message,
-                refused.reason,
-                before=show_line(refused.line),
-            ),
-        )
-
-    def _go_blind(self, out: list[Command]) -> None:
-        for half in (self.orig, self.reply):
-            half.tls = TlsWalker()
-            half.lines.reset(0)
-        self.report(
-            out,
-            Report(
-                EventKind.BLIND,
-                self.id,
-                "AUTH TLS accepted (234): the control connection is encrypted from "
-                "here on; PORT/PASV cannot be seen or rewritten until the client sends CCC "
-                "(active mode behind NAT will fail; passive works only if the server names its "
-                "public address)",
-            ),
-        )
-
-    # ---- addresses -----------------------------------------------------------------------
-
-    def _address(
-        self, half: Stream, address: Address, line_start: int, now: float, out: list[Command]
-    ) -> Work:
-        """Policy, then the expectation and the rewrite of one address-bearing line."""
-        hp, line = address
-        config = self.ctx.config
-        plan = decide(hp, line, half is self.orig, self.id, self.family, self.tuples, config)
-        if isinstance(plan, Refused):
-            self._refuse(out, plan)
-            return
-        if isinstance(plan, Notice):
-            self.report(out, Report(plan.kind, self.id, plan.message, before=show_line(line)))
-            return
-        what = hp.kind.value
-        span = (line_start + hp.start) & MASK
-        if not plan.fixed:
-            if len(half.exact.active) >= config.max_corrections:
-                self._refuse(
-                    out,
-                    Refused(
-                        Reason.TOO_MANY_REWRITES,
-                        f"{what}: {len(half.exact.active)} rewrites not yet acknowledged",
-                        line,
-                    ),
-                )
-                return
-            if seq_diff(span, half.sent_upto) < 0:
-                self._refuse(
-                    out,
-                    Refused(
-                        Reason.SPLIT_RELEASED,
-                        f"{what}: part of the address already left the gateway unchanged "
-                        "(hold timed out)",
-                        line,
-                    ),
-                )
-                return
-        old_exp = self.expect
-        if old_exp is not None:
-            out.append(Withdraw(old_exp))  # at most one outstanding per session: newest wins
-            self.expect = None
-        port = yield Reserve(plan.proposal, plan.fixed)
-        if port is None:
-            self._refuse(
-                out, Refused(Reason.NO_PORT, f"{what}: no outside port could be reserved", line)
-            )
-            return
-        exp = plan.proposal._replace(outside_port=port)
-        self.expect, self.expect_deadline = exp, now + exp.timeout
-        self._rewrite(half, plan, exp, address, span, out)
-
-    def _rewrite(
-        self,
-        half: Stream,
-        plan: Plan,
-        exp: DataExpectation,
-        address: Address,
-        span: int,
-        out: list[Command],
-    ) -> None:
-        hp, line = address
-        what = hp.kind.value
-        old = line[hp.start : hp.end]
-        new = old if plan.fixed else format_span(hp, plan.announce, exp.outside_port)
-        if new == old:
-            self.report(
-                out,
-                Report(
-                    EventKind.FORWARD,
-                    self.id,
-                    f"{what} port {exp.outside_port}: text unchanged, data connection sent on "
-                    f"to {show_addr(exp.inside)}",
-                    before=show_line(line),
-                ),
-            )
-            return
-        half.exact.add(span, len(old), new)
-        after = line[: hp.start] + new + line[hp.end :]
-        self.ctx.count(f"rewrite.{hp.kind.value.lower()}")  # by kind: port, eprt, 227, ...
-        self.report(
-            out,
-            Report(
-                EventKind.REWRITE,
-                self.id,
-                f"{what} {show_addr(exp.inside)}:{hp.port} -> {show_addr(exp.outside)}:"
-                f"{exp.outside_port} (delta {len(new) - len(old):+d})",
-                before=show_line(line),
-                after=show_line(after),
-            ),
-        )
-
-    # ---- lifetime ------------------------------------------------------------------------
 
     def end(self, reason: str, now: float) -> list[Command]:
         """Forget the session: every queued packet it holds gets its verdict, the

@@ -23,8 +23,9 @@ from __future__ import annotations
 from enum import Enum
 from typing import NamedTuple
 
-from alg.core.commands import Accept, Command, Dir, Drop, Handle
+from alg.core.commands import Accept, Command, Dir, Drop, FlowKey, Handle, WriteSeqAdj
 from alg.core.config import Config
+from alg.core.context import Context
 from alg.core.lines import LineBuffer
 from alg.core.packet import Segment, has_sack, rebuild
 from alg.core.seqadj import MASK, ExactMap, SeqAdjRecord, seq_diff
@@ -109,6 +110,74 @@ class Stream:
     @property
     def held_bytes(self) -> int:
         return sum(len(h.data) for h in self.held)
+
+    # ---- held and out-of-order segments --------------------------------------------------
+
+    def first_ooo(self) -> int:
+        """The out-of-order segment nearest to what the stream expects next."""
+        return min(self.ooo, key=lambda s: seq_diff(s, self.next_seq or 0))
+
+    def hole_passed(self) -> bool:
+        """The far side acknowledged bytes past a hole we hold segments behind: it got them
+        without us (lost before the capture point, not queued), so the hole never fills."""
+        unseen, expected = self.unseen_ack, self.next_seq
+        if not self.ooo or unseen is None or expected is None:
+            return False
+        return seq_diff(unseen, expected) > 0
+
+    def coalesce(self, ctx: Context, out: list[Command]) -> None:
+        """The line that was split is complete: its segments leave as ONE segment (built
+        from the newest packet), so the kernel's record can shift it as a whole."""
+        held = self.held
+        first = next(
+            (i for i, h in enumerate(held) if seq_diff(h.seq + len(h.data), self.hold_line) > 0),
+            len(held),
+        )
+        group = held[first:]
+        if len(group) < 2 or sum(len(h.data) for h in group) > COALESCE_MAX:
+            return
+        last = group[-1]
+        data = b"".join(h.data for h in group)
+        out.extend(Drop(h.handle) for h in group[:-1])
+        held[first:] = [Held(last.handle, last.seg, group[0].seq, data, last.ack)]
+        ctx.count("held.coalesced", len(group) - 1)
+
+    def drain(
+        self,
+        peer: Stream,
+        original: FlowKey,
+        now: float,
+        ctx: Context,
+        out: list[Command],
+        force: bool = False,
+    ) -> None:
+        """Let held segments go, oldest first, each after the record it needs. A segment
+        whose record would replace one the receiver has not acknowledged yet waits (until
+        `force`, at the hold deadline)."""
+        config = ctx.config
+        while self.held:
+            item = self.held[0]
+            end = (item.seq + len(item.data)) & MASK
+            if self.line_hold and not force and seq_diff(end, self.hold_line) > 0:
+                break  # the split line's segments wait for the rest of it
+            record = self.record_for(item.seq, end)
+            if record is not None:
+                if not self.may_replace_record() and not force:
+                    if self.hold_deadline is None:
+                        self.hold_deadline = now + config.hold_timeout
+                    break
+                if not self.may_replace_record():
+                    ctx.count("seqadj-replaced-unacknowledged")
+                out.append(WriteSeqAdj(original, self.dir, record))
+                self.record, self.record_end = record, end
+            built = self.build(peer, item.seg, item.seq, item.data, item.ack, config)
+            out.append(verdict(item.handle, built))
+            self.sent_upto = end
+            del self.held[0]
+        if not self.held:
+            self.line_hold = False
+            if not self.ooo:
+                self.hold_deadline = None
 
     # ---- acknowledgements ----------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given
@@ -29,7 +30,7 @@ u32 = st.integers(0, 0xFFFFFFFF)
 
 
 def scapy_v4(
-    payload: bytes = b"PORT 1,2,3,4,5,6\r\n", options: list[object] | None = None
+    payload: bytes = b"PORT 1,2,3,4,5,6\r\n", options: Sequence[object] | None = None
 ) -> bytes:
     pkt = (
         IP(src="192.168.0.1", dst="198.51.100.2")

@@ -28,7 +28,8 @@ def stream_with_rewrites(
 def rewritten(draw: st.DrawFn) -> tuple[int, bytes, list[tuple[int, int, bytes]]]:
     base = draw(st.integers(0, MASK))  # any start, wrap-around included
     text = draw(st.binary(min_size=1, max_size=200))
-    spans, pos = [], 0
+    spans: list[tuple[int, int, bytes]] = []
+    pos = 0
     while pos < len(text) and len(spans) < 6:
         gap = draw(st.integers(0, 30))
         length = draw(st.integers(1, 20))

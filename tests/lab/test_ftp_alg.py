@@ -119,12 +119,14 @@ def test_port_split_across_two_segments(alg: LabHandle, nodelay: bool) -> None:
 
 def test_fifty_rewrites_in_one_session(alg: LabHandle) -> None:
     before = status(alg)["counters"]
+    assert isinstance(before, dict)
     result = probe(alg, "many-rewrites", OUTSIDE, "--count", "50")
     assert result["listings"] == 50 and result["all_same"] is True
     assert ONE_MIB in result["first"]  # type: ignore[operator]
     assert result["noop"] == "200 NOOP ok."  # the control connection is intact at the end
     after = status(alg)["counters"]
-    assert after["rewrite"] - before.get("rewrite", 0) == 50  # type: ignore[index,union-attr]
+    assert isinstance(after, dict)
+    assert after["rewrite"] - before.get("rewrite", 0) == 50
 
 
 @pytest.mark.parametrize("passive", [False, True], ids=["active", "passive"])

@@ -82,7 +82,8 @@ def check(name: str, capture: Path, mode: str, tmp_path: Path) -> dict[str, obje
     out = tmp_path / "out.pcap"
     rep = replay(str(capture), _addrs(client), _addrs(server), str(out))
     got = as_dict(rep.report)
-    assert got["roundtrip"]["mismatched"] == 0  # type: ignore[index]
+    roundtrip = got["roundtrip"]
+    assert isinstance(roundtrip, dict) and roundtrip["mismatched"] == 0
     golden = GOLDEN / f"{name.replace('/', '__')}.{mode}.json"
     if os.environ.get("UPDATE_GOLDEN"):
         golden.parent.mkdir(parents=True, exist_ok=True)
@@ -126,11 +127,9 @@ def test_synthetic_capture(
 
 
 def _kinds(report: dict[str, object]) -> collections.Counter[str]:
-    return collections.Counter(
-        e["kind"]
-        for s in report["sessions"]
-        for e in s["events"]  # type: ignore[attr-defined]
-    )
+    sessions = report["sessions"]
+    assert isinstance(sessions, list)
+    return collections.Counter(e["kind"] for s in sessions for e in s["events"])
 
 
 def test_synthetic_reports_show_what_each_capture_is_for(

@@ -1,0 +1,128 @@
+"""Scripted exchanges: exactly which commands the core gives for each event (tests/core/
+playbook.py). They pin the conversation with the adapters: look-ups, reservations, the seqadj
+record written before the verdict, reports, and one verdict per packet."""
+
+from __future__ import annotations
+
+from alg.core import (
+    Accept,
+    Config,
+    DataExpectation,
+    Dir,
+    EventKind,
+    Gateway,
+    Kind,
+    Lookup,
+    Reason,
+    Reserve,
+    Reserved,
+    SeqAdjRecord,
+    Withdraw,
+    WriteSeqAdj,
+)
+from tests.core.playbook import C_OUT, CPORT, CPORT_OUT, C, S, started
+from tests.core.test_gateway import server_nat
+
+
+def test_greeting_starts_a_session_from_its_start() -> None:
+    pb = started()
+    pb << (EventKind.SESSION_NEW, Accept(1))
+    assert pb.gw.session_count == 1 and pb.gw.counters["session-new"] == 1
+
+
+def test_port_rewrite_reserves_then_writes_the_record_before_the_verdict() -> None:
+    pb = started()
+    pb.client(b"PORT 192,168,0,1,4,1\r\n")
+    proposal = DataExpectation(
+        1, Kind.PORT, 4, pb.original, S, C_OUT, 1025, C, 1025, Dir.REPLY, 60.0
+    )
+    pb << (Reserve(proposal, False),)
+    pb.answer(Reserved(1, 1025))
+    pb << (
+        EventKind.REWRITE,
+        WriteSeqAdj(pb.original, Dir.ORIGINAL, SeqAdjRecord(1000, 0, 1)),
+        Accept,
+    )
+    sent = pb.out[-1]
+    assert isinstance(sent, Accept) and sent.data is not None
+    assert b"PORT 192,168,15,5,4,1\r\n" in sent.data
+
+
+def test_default_data_port_is_expected_at_the_control_connections_outside_port() -> None:
+    """RFC 959 3.2: LIST with no PORT or PASV: the server connects from port 20 to the
+    client's control port, which behind masquerade is the router's."""
+    pb = started()
+    pb.client(b"LIST\r\n")
+    proposal = DataExpectation(
+        1, Kind.DEFAULT, 4, pb.original, S, C_OUT, CPORT_OUT, C, CPORT, Dir.REPLY, 60.0
+    )
+    pb << (Reserve(proposal, True),)  # fixed: the port cannot move
+    pb.answer(Reserved(1, CPORT_OUT))
+    pb << (EventKind.FORWARD, Accept(2))
+    pb.client(b"PASV\r\n") << (Accept(3),)
+    pb.client(b"LIST\r\n") << (Accept(4),)  # PASV in effect: no default port
+    pb.client(b"NLST\r\n") << (Withdraw, Reserve)  # PASV counts for one transfer only
+    pb.answer(Reserved(1, None))  # taken by another session
+    pb << ((EventKind.REFUSAL, Reason.NO_PORT), Accept(5))
+
+
+def test_default_data_port_only_for_sessions_seen_from_their_start() -> None:
+    pb = started()
+    pb.gw = Gateway()  # a restarted daemon: the next packet is a command
+    pb.client(b"LIST\r\n")
+    pb.answer(pb.found(pb.original))
+    pb << (EventKind.SESSION_NEW, Accept(2))  # what was in effect is unknown: nothing done
+
+
+def test_a_connection_without_the_anchor_passes_untouched() -> None:
+    pb = started(anchored=False)
+    pb << (EventKind.UNTRACKED, Accept(1))
+    pb.client(b"PORT 192,168,0,1,4,1\r\n") << (Lookup,)
+    assert pb.gw.counters["not-anchored"] == 1 and pb.gw.session_count == 0
+
+
+def test_a_destroy_event_of_an_older_connection_keeps_the_session() -> None:
+    pb = started(conn_id=7)
+    pb.forget(conn_id=6) << ()
+    assert pb.gw.session_count == 1 and pb.gw.counters["destroy-event-older-connection"] == 1
+    pb.forget(conn_id=7) << (EventKind.SESSION_END,)
+    assert pb.gw.session_count == 0
+
+
+def test_clear_text_named_for_what_it_is() -> None:
+    """Clear text after TLS from the client is the sign of an accepted CCC; from the server
+    alone (vsftpd's `500 OOPS` after a client dropped TLS) it is not, and is not read."""
+    tls = b"\x17\x03\x03\x00\x05hello"
+    pb = started()
+    pb.client(b"AUTH TLS\r\n")
+    pb.server(b"234 Proceed.\r\n") << (EventKind.BLIND, Accept)
+    pb.client(tls) << (Accept,)
+    pb.server(tls + b"227 Entering Passive Mode (192,168,0,9,4,1)\r\n")
+    pb << (EventKind.CLEAR, Accept)
+    assert "no CCC" in pb.out[0].message  # type: ignore[union-attr]
+    pb.client(tls + b"PASV\r\n") << (EventKind.CLEAR, Accept)
+    assert "the client's CCC: 'PASV" in pb.out[0].message  # type: ignore[union-attr]
+
+
+def test_session_cap_refuses_with_its_reason() -> None:
+    pb = started(Gateway(Config(max_sessions=0)))
+    pb << ((EventKind.REFUSAL, Reason.SESSION_CAP), Accept(1))
+
+
+def test_a_server_naming_its_public_address_is_forwarded_not_refused() -> None:
+    """vsftpd `pasv_address`, proftpd `MasqueradeAddress`: the 227 already names the address
+    the client reached. The text stays, the expectation sends the data connection on to the
+    server behind it (port fixed); any other foreign address is still a bounce."""
+    link = server_nat()
+    link.send(True, payload=b"PASV\r\n")
+    link.send(False, payload=b"227 Entering Passive Mode (203,0,113,9,117,48).\r\n")
+    (exp,) = link.expectations
+    assert (exp.outside_port, exp.inside_port, exp.nat_dir) == (30000, 30000, Dir.ORIGINAL)
+    assert exp.inside == link.server.addr and exp.outside == link.server.seen_as
+    assert bytes(link.at_client.stream).endswith(b"(203,0,113,9,117,48).\r\n")  # unchanged
+    reserves = [e for e in link.events if isinstance(e, Reserve)]
+    assert [r.fixed for r in reserves] == [True]
+    assert link.gw.counters["forward"] == 1 and "refusal" not in link.gw.counters
+    link.send(True, payload=b"PASV\r\n")
+    link.send(False, payload=b"227 Entering Passive Mode (198,51,100,99,117,48).\r\n")
+    assert link.gw.counters["refusal.bounce"] == 1 and len(link.expectations) == 1
