@@ -142,12 +142,12 @@ class Dialogue:
         """Policy, then the expectation and the rewrite of one address-bearing line."""
         hp, line = address
         config = self.ctx.config
-        plan = decide(hp, line, half is self.orig, self.id, self.family, self.tuples, config)
-        if isinstance(plan, Refused):
-            self._refuse(out, plan)
-            return
-        if isinstance(plan, Notice):
-            self.report(out, Report(plan.kind, self.id, plan.message, before=show_line(line)))
+        plan = self._settled(
+            decide(hp, line, half is self.orig, self.id, self.family, self.tuples, config),
+            line,
+            out,
+        )
+        if plan is None:
             return
         what = hp.kind.value
         span = (line_start + hp.start) & MASK
@@ -173,47 +173,21 @@ class Dialogue:
                     ),
                 )
                 return
-        old_exp = self.expect
-        if old_exp is not None:
-            out.append(Withdraw(old_exp))  # at most one outstanding per session: newest wins
-            self.expect = None
-        port = yield Reserve(plan.proposal, plan.fixed)
-        if port is None:
-            self._refuse(
-                out, Refused(Reason.NO_PORT, f"{what}: no outside port could be reserved", line)
-            )
-            return
-        exp = plan.proposal._replace(outside_port=port)
-        self.expect, self.expect_deadline = exp, now + exp.timeout
-        self._rewrite(half, plan, exp, address, span, out)
+        exp = yield from self._reserve(plan, what, line, now, out)
+        if exp is not None:
+            self._rewrite(half, plan, exp, address, span, out)
 
     def _default_port(self, line: bytes, now: float, out: list[Command]) -> Work:
         """A transfer with no PORT/PASV in effect: expect the server's connection from port 20
         on the control connection's outside port, sent on to the client's control port."""
-        plan = decide_default(line, self.id, self.family, self.tuples, self.ctx.config)
-        if isinstance(plan, Refused):
-            self._refuse(out, plan)
+        config = self.ctx.config
+        decided = decide_default(line, self.id, self.family, self.tuples, config)
+        plan = self._settled(decided, line, out)
+        if plan is None:
             return
-        if isinstance(plan, Notice):
-            self.report(out, Report(plan.kind, self.id, plan.message, before=show_line(line)))
+        exp = yield from self._reserve(plan, "default data port", line, now, out)
+        if exp is None:
             return
-        if self.expect is not None:
-            out.append(Withdraw(self.expect))
-            self.expect = None
-        port = yield Reserve(plan.proposal, True)
-        if port is None:
-            self._refuse(
-                out,
-                Refused(
-                    Reason.NO_PORT,
-                    "default data port: the control connection's outside port "
-                    f"{plan.proposal.outside_port} cannot be expected (another session's?)",
-                    line,
-                ),
-            )
-            return
-        exp = plan.proposal
-        self.expect, self.expect_deadline = exp, now + exp.timeout
         self.report(
             out,
             Report(
@@ -225,6 +199,37 @@ class Dialogue:
                 before=show_line(line),
             ),
         )
+
+    def _settled(
+        self, plan: Plan | Refused | Notice, line: bytes, out: list[Command]
+    ) -> Plan | None:
+        """The plan to act on; None when the policy refused or only noted the line (said)."""
+        if isinstance(plan, Refused):
+            self._refuse(out, plan)
+            return None
+        if isinstance(plan, Notice):
+            self.report(out, Report(plan.kind, self.id, plan.message, before=show_line(line)))
+            return None
+        return plan
+
+    def _reserve(
+        self, plan: Plan, what: str, line: bytes, now: float, out: list[Command]
+    ) -> Generator[Reserve, int | None, DataExpectation | None]:
+        """The session's one expectation (newest wins): the adapter creates it and says
+        which outside port it got, or None."""
+        if self.expect is not None:
+            out.append(Withdraw(self.expect))
+            self.expect = None
+        port = yield Reserve(plan.proposal, plan.fixed)
+        if port is None:
+            self._refuse(
+                out,
+                Refused(Reason.NO_PORT, f"{what}: no outside port could be reserved", line),
+            )
+            return None
+        exp = plan.proposal._replace(outside_port=port)
+        self.expect, self.expect_deadline = exp, now + exp.timeout
+        return exp
 
     def _rewrite(
         self,
