@@ -1,7 +1,7 @@
 """Carrying out the core's commands: verdicts, kernel questions, seqadj writes, log lines.
 
 Queued packets are netfilterqueue Packet objects: a verdict may be given long after the
-callback returned (linux-facts, "Holding packets"), so the core's handle is the object itself.
+callback returned (netfilterqueue keeps the Packet valid), so the core's handle is the object.
 A question (`Lookup`, `Reserve`) is always the last command of its list; its answer goes back
 to the core at once and the commands it yields run before anything else, in order.
 """
@@ -10,23 +10,29 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from alg.core import (
     Accept,
     Command,
+    DataExpectation,
+    Dir,
     Drop,
+    FlowKey,
+    Found,
     Gateway,
     Lookup,
+    NotFound,
     Report,
     Reserve,
     Reserved,
+    SeqAdjRecord,
     Withdraw,
     WriteSeqAdj,
 )
 from alg.core.text import show_addr
-from alg.daemon.conntrack import Kernel, expected_tuple
+from alg.daemon.conntrack import expected_tuple
 
 log = logging.getLogger("ftp-alg")
 
@@ -54,10 +60,19 @@ def log_report(report: Report) -> None:
     )
 
 
+class KernelSide(Protocol):
+    """What the carrier asks of the kernel (alg.daemon.conntrack.Kernel; a script in tests)."""
+
+    def lookup(self, key: FlowKey) -> Found | NotFound: ...
+    def reserve(self, exp: DataExpectation, fixed: bool = False) -> int | None: ...
+    def write_seqadj(self, original: FlowKey, direction: Dir, record: SeqAdjRecord) -> bool: ...
+    def withdraw(self, exp: DataExpectation) -> None: ...
+
+
 class Carrier:
     """Runs the core's commands against the queue, the kernel and the log."""
 
-    def __init__(self, gw: Gateway, kernel: Kernel, clock: Any) -> None:
+    def __init__(self, gw: Gateway, kernel: KernelSide, clock: Callable[[], float]) -> None:
         self.gw = gw
         self.kernel = kernel
         self.clock = clock

@@ -118,7 +118,7 @@ class Daemon:
             nfq = NetfilterQueue()
             nfq.bind(num, self.on_packet, max_len=4096)
             # A full queue passes packets (fail-open) unless the admin chose fail_closed:
-            # netfilterqueue never sets the flag itself (linux-facts, "NFQUEUE under load").
+            # netfilterqueue never sets the flag itself (docs/kernel-facts.md, "Queue and rules").
             set_fail_open(nfq.get_fd(), num, enabled=not self.settings.fail_closed)
             queues.append(nfq)
         events = DestroyListener(ports=self.settings.core.control_ports)

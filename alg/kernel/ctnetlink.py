@@ -6,7 +6,7 @@ has to be configured by hand. Second, an expectation (`create_expectation`) that
 connection announced by PORT/EPRT/227/229 through the NAT and maps it to the inside host, the
 way the kernel's own FTP helper would, via the `nat-follow-master` expect function.
 
-Kernel facts this relies on (measured, see the project's linux-facts notes):
+Kernel facts this relies on (measured; docs/kernel-facts.md):
 - EXP_NEW fails with EOPNOTSUPP unless the master connection has a helper; the rules attach
   the inert `sane` helper as that anchor.
 - The helper's policy sets the timeout on creation; a second EXP_NEW without NLM_F_EXCL that

@@ -38,7 +38,7 @@ MAX_PORTS = 15  # the multiport match's limit
 # packet from its IP header. IPv4: total length > IP header + TCP header lengths. IPv6: if
 # TCP follows the fixed header, payload length > TCP header length; with extension headers
 # the program cannot find TCP cheaply and says yes (queued: the core reads them).
-# (A u32 "payload length" match misses segments shorter than 4 bytes: linux-facts.)
+# (A u32 "payload length" match misses segments shorter than 4 bytes: docs/kernel-facts.md.)
 PAYLOAD_BPF = {
     4: "10,177 0 0 0,80 0 0 12,84 0 0 240,116 0 0 2,12 0 0 0,7 0 0 0,40 0 0 2,45 0 1 0,"
     "6 0 0 1,6 0 0 0",

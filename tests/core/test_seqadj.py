@@ -108,7 +108,7 @@ def test_wraparound() -> None:
 
 
 def test_record_shifts_like_the_kernel_after_a_longer_port() -> None:
-    """linux-facts: a PORT made 3 bytes longer at seq 1000 (record 1000, 0, +3)."""
+    """docs/kernel-facts.md: a PORT made 3 bytes longer at seq 1000 (record 1000, 0, +3)."""
     rec = SeqAdjRecord(1000, 0, 3)
     assert rec.seq(1000) == 1000  # the rewritten segment itself: offset_before
     assert rec.seq(1022) == 1025  # every segment starting after it: offset_after

@@ -3,7 +3,7 @@
 One cell = one real client (curl, ftplib, lftp, tnftp, wget, busybox) doing one operation
 (RETR of the 1 MiB file, STOR into upload/, LIST) in one case (side, server, address family,
 PORT/EPRT/PASV/EPSV). `check_cell` takes the gateway mode, so the same matrix runs for the
-kernel helper now and for ftp-alg once its daemon exists: add it to WORKING_GATEWAYS.
+kernel helper and for ftp-alg alike (WORKING_GATEWAYS lists the modes that must carry it).
 """
 
 from __future__ import annotations
