@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# TCP ports of FTP control connections unless configured: 21, and 2121 where servers often
+# listen unprivileged. The daemon, the rules, the replay and the core share this one default.
+DEFAULT_CONTROL_PORTS = (21, 2121)
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
     # TCP ports on which clients open FTP control connections.
-    control_ports: frozenset[int] = field(default_factory=lambda: frozenset({21}))
+    control_ports: frozenset[int] = field(default_factory=lambda: frozenset(DEFAULT_CONTROL_PORTS))
     # FXP (server-to-server transfers): PORT/227 naming a third host. Off: refused as bounce.
     allow_fxp: bool = False
     # Data ports below this are refused (OpenBSD ftp-proxy, libalias): no PORT to :25.

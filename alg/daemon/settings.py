@@ -37,7 +37,7 @@ def config_default() -> str | None:
 
 @dataclass(frozen=True)
 class Settings:
-    core: Config = field(default_factory=lambda: Config(control_ports=frozenset({21, 2121})))
+    core: Config = field(default_factory=Config)
     queue_num: int = 0
     # Queues queue_num .. queue_num + queue_count - 1, all read by this one process: with
     # `rules apply --queue-balance A:B` the two directions of a connection may hash to different

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from alg.core.config import DEFAULT_CONTROL_PORTS
+
 
 @dataclass(frozen=True)
 class Chain:
@@ -89,7 +91,7 @@ Why these rules:
 @dataclass(frozen=True)
 class RuleOptions:
     queue_num: int = 0
-    ports: tuple[int, ...] = (21, 2121)
+    ports: tuple[int, ...] = DEFAULT_CONTROL_PORTS
     queue_balance: tuple[int, int] | None = None  # first and last queue, both included
     families: tuple[int, ...] = (4, 6)
 

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from alg.core import Config
+from alg.core.config import DEFAULT_CONTROL_PORTS
 from alg.replay import capture
 from alg.replay.engine import Replay
 from alg.replay.report import as_json, as_text
@@ -51,8 +52,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--ports",
         type=_ports,
-        default=frozenset({21}),
-        help="FTP control ports, comma-separated (default 21)",
+        default=frozenset(DEFAULT_CONTROL_PORTS),
+        help="FTP control ports, comma-separated (default 21,2121)",
     )
     p.add_argument("--allow-fxp", action="store_true", help="let PORT/227 name a third host")
     p.set_defaults(func=run)
