@@ -32,6 +32,8 @@ Plain NAT cannot carry an active-mode session (vsftpd refuses the private PORT a
                                       through the same NAT; plain NAT has no active mode)
   throughput_ratio_vs_kernel          ftp-alg / kernel helper, worse mode
   daemon_packets                      packets the daemon was queued during the workloads
+  queued_packets_per_session          of them, per complete session of the session workload
+  daemon_cpu_us_per_session           the daemon's CPU time per complete session
   daemon_cpu_us_per_packet            its CPU time per queued packet; .user and .system
                                       split it, .rtt and .sessions per workload. System time
                                       includes forwarding the packet on: the kernel does that
@@ -196,6 +198,7 @@ class _Bench:
                         flags.append("--passive")
                     got = self.probe("sessions", *flags, timeout=plan.seconds + 120)
                     s.rate.setdefault((mode, n, gateway), []).append(got["rate"])
+                    s.sessions_done[gateway] = s.sessions_done.get(gateway, 0) + got["sessions"]
                     s.errors[gateway] = s.errors.get(gateway, 0) + got["errors"]
                     rates.append(f"{mode[0]}{n}={got['rate']:.0f}")
                     if got["errors"]:

@@ -61,6 +61,7 @@ class Samples:
     # workload -> [user seconds, system seconds, packets queued]
     cpu: dict[str, list[float]] = field(default_factory=dict)
     idle: dict[str, float] = field(default_factory=dict)
+    sessions_done: dict[str, int] = field(default_factory=dict)  # gateway -> completed
 
 
 class Target(NamedTuple):
@@ -148,6 +149,12 @@ def figures(s: Samples, plan: Plan) -> dict[str, float]:
     for workload in ("rtt", "sessions"):
         u, sy, pkts = s.cpu.get(workload, [0.0, 0.0, 0.0])
         out[f"daemon_cpu_us_per_packet.{workload}"] = _ratio((u + sy) * 1e6, pkts)
+    # Per complete session (connect, login, PORT or PASV, LIST, QUIT): what reached the
+    # daemon and what it cost. Only segments with payload are queued, so these count lines.
+    u, sy, pkts = s.cpu.get("sessions", [0.0, 0.0, 0.0])
+    done = s.sessions_done.get("ftp-alg", 0)
+    out["queued_packets_per_session"] = _ratio(pkts, done)
+    out["daemon_cpu_us_per_session"] = _ratio((u + sy) * 1e6, done)
     out.update(s.idle)
     return out
 
