@@ -41,6 +41,9 @@ Plain NAT cannot carry an active-mode session (vsftpd refuses the private PORT a
   idle_sessions[_tracked]             idle sessions held (and tracked by the daemon)
   idle_session_bytes                  daemon RSS growth per idle logged-in session
   idle_rss_before_bytes, ..._after_   its RSS around them
+  restart_sessions_survived           the fraction of sessions in progress (each with a
+                                      PORT rewrite behind it) whose next active LIST works
+                                      after the daemon was SIGKILLed and started again
   rounds, elapsed_s
 
 vsftpd (not pyftpdlib) is the server: it is what real sites run, forks a process per session
@@ -254,6 +257,41 @@ class _Bench:
         say(f"  idle: {n1 - n0} sessions, RSS {rss0 >> 10} -> {rss1 >> 10} KiB")
 
 
+def _restart(bench: _Bench, say: Any) -> None:
+    """Sessions in progress across a SIGKILL and start of the daemon: the fraction whose
+    next active transfer completes (the kernel holds their offsets)."""
+    bench.switch("ftp-alg")
+    assert bench.daemon is not None
+    proc = subprocess.Popen(
+        bench.argv("survive", "--count", str(bench.plan.survive)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 300)
+        if not (ready and proc.stdout.readline()):
+            proc.kill()
+            raise backend.LabError(f"bench probe survive failed: {proc.communicate()[1]}")
+        os.kill(bench.daemon.pid, 9)
+        backend.daemon(bench.prefix, "start", log=lambda _: None)
+        bench.daemon = _Daemon(bench.prefix, bench.topo.router)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    got = json.loads(out.splitlines()[-1])
+    fraction = got["survived"] / max(1, got["sessions"])
+    bench.samples.idle["restart_sessions"] = got["sessions"]
+    bench.samples.idle["restart_sessions_survived"] = fraction
+    say(f"  restart: {got['survived']}/{got['sessions']} sessions went on after SIGKILL + start")
+
+
 @contextlib.contextmanager
 def _no_syncookies(prefix: str, node: str) -> Iterator[None]:
     """vsftpd listens with a fixed backlog of 32: 64 sessions at once overflow it. With SYN
@@ -314,6 +352,7 @@ def run(
                 for gateway in GATEWAYS:
                     bench.slot(gateway, name, say)
             bench.idle(say)
+            _restart(bench, say)
     finally:
         served.unlink(missing_ok=True)
         if daemon_config is not None:

@@ -22,6 +22,7 @@ class Plan:
     transfers: int  # RETRs per mode, round and gateway
     idle: int  # idle sessions held open
     idle_warm: int  # opened before the RSS baseline, so one-time costs are not counted
+    survive: int = 20  # sessions in progress across a daemon restart
 
 
 FULL = Plan(
@@ -43,6 +44,7 @@ QUICK = Plan(
     transfers=2,
     idle=100,
     idle_warm=20,
+    survive=5,
 )
 
 
@@ -87,6 +89,7 @@ TARGETS = (
     Target("session_rate_ratio", 0.7, False, "session rate / kernel (8 at once)"),
     Target("throughput_ratio", 0.95, False, "throughput / plain NAT"),
     Target("idle_session_bytes", 2048, True, "bytes per idle session"),
+    Target("restart_sessions_survived", 1.0, False, "sessions surviving a restart"),
 )
 
 

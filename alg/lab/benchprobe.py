@@ -275,9 +275,37 @@ def idle(server: str, port: int, count: int, step: int) -> dict[str, Any]:
     return {"closed": len(held)}
 
 
+def survive(server: str, port: int, count: int) -> dict[str, Any]:
+    """Open `count` sessions that each made an active LIST (its PORT rewritten, one byte
+    shorter: the connection now needs the kernel's offsets), report, wait for a line on stdin
+    (the daemon is restarted meanwhile), then try an active LIST and a NOOP on each."""
+    buf = bytearray(1 << 16)
+    held: list[Control] = []
+    try:
+        for _ in range(count):
+            ctl = Control(server, port, timeout=10)
+            held.append(ctl)
+            ctl.login()
+            _data(ctl, True, b"LIST", buf)
+        print(json.dumps({"open": len(held)}), flush=True)
+        sys.stdin.readline()
+        survived = 0
+        for ctl in held:
+            try:
+                _data(ctl, True, b"LIST", buf)
+                ctl.cmd(b"NOOP", b"200")
+                survived += 1
+            except (OSError, ProbeError):
+                pass
+        return {"sessions": len(held), "survived": survived}
+    finally:
+        for ctl in held:
+            ctl.close()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("workload", choices=["rtt", "sessions", "retr", "idle"])
+    p.add_argument("workload", choices=["rtt", "sessions", "retr", "idle", "survive"])
     p.add_argument("server")
     p.add_argument("--port", type=int, default=21)
     p.add_argument("--count", type=int, default=2000)
@@ -297,6 +325,8 @@ def main() -> None:
         out = sessions(a.server, a.port, not a.passive, a.parallel, a.seconds)
     elif a.workload == "retr":
         out = retr(a.server, a.port, a.path, not a.passive, a.count)
+    elif a.workload == "survive":
+        out = survive(a.server, a.port, a.count)
     else:
         out = idle(a.server, a.port, a.count, a.step)
     print(json.dumps(out), flush=True)

@@ -89,6 +89,9 @@ def test_figures_agree_with_each_other(bench: tuple[dict[str, float], Path, str]
     assert f["session_rate_ratio"] == pytest.approx(worst, rel=1e-2)
     # every idle session was logged in through the daemon and tracked by it
     assert f["idle_sessions_tracked"] == f["idle_sessions"]
+    # the sessions in progress across a SIGKILL + start all went on (kernel-held offsets)
+    assert f["restart_sessions_survived"] == 1.0 and f["restart_sessions"] == 5
+    assert 0 < f["queued_packets_per_session"] < 40  # only payload segments are queued
     # Sessions fail when something is broken; vsftpd alone may refuse a rare one at 64 at once
     # ("500 OOPS: vsf_sysutil_bind": its 50 passive ports are busy), hence the slack.
     for gw in GATEWAYS:
