@@ -145,9 +145,10 @@ class NoPort:
     sha256: str | None = None
 
 
-def retr_default_port(ns: str, port: int, name: str) -> NoPort:
+def retr_default_port(ns: str, port: int, name: str, wait: float = 8) -> NoPort:
     """Log in, TYPE I, RETR with no PORT or PASV, listening on the control connection's own
-    local port (SO_REUSEADDR/SO_REUSEPORT on both sockets) for the server's connection."""
+    local port (SO_REUSEADDR/SO_REUSEPORT on both sockets) for the server's connection, at
+    most `wait` seconds."""
     with netns(ns):
         ctl, lst = socket.socket(), socket.socket()
     with ctl, lst:
@@ -158,7 +159,7 @@ def retr_default_port(ns: str, port: int, name: str) -> NoPort:
         lport = ctl.getsockname()[1]
         lst.bind(("0.0.0.0", lport))
         lst.listen(1)
-        lst.settimeout(8)
+        lst.settimeout(wait)
         ctl.settimeout(10)
         ctl.connect((OUTSIDE, port))
         lines = ctl.makefile("rb")
@@ -179,7 +180,10 @@ def retr_default_port(ns: str, port: int, name: str) -> NoPort:
         for text in ("USER anonymous", "PASS lab@", "TYPE I"):
             cmd(text)
         if cmd(f"RETR {name}").startswith("1"):
-            data, peer = lst.accept()
+            try:
+                data, peer = lst.accept()
+            except TimeoutError:
+                return out  # the server waits for a data connection of its own making
             digest = hashlib.sha256()
             with data:
                 while chunk := data.recv(65536):
@@ -193,6 +197,17 @@ def retr_default_port(ns: str, port: int, name: str) -> NoPort:
 def _log_lines(lab: LabHandle) -> list[str]:
     path = state.node_dir(lab.prefix, "router") / "logs" / "ftp-alg.log"
     return path.read_text(errors="replace").splitlines()
+
+
+def test_pyftpdlib_waits_for_port_or_pasv(lab: LabHandle) -> None:
+    """Before the module's servers replace it: pyftpdlib accepts the RETR and then waits for a
+    PORT or PASV, never connecting to the default port (plain NAT: nothing in the way)."""
+    lab.use_gateway("none")
+    assert (state.node_dir(lab.prefix, "server") / "pids" / "pyftpdlib.pid").exists()
+    got = retr_default_port(lab.ns("client"), PORT, ONE_MIB, wait=3)
+    assert got.replies[0] == "220 pyftpdlib lab server ready."
+    assert got.replies[4:] == ["150 File status okay. About to open data connection."], got
+    assert got.peer is None
 
 
 @pytest.mark.parametrize("gateway", GATEWAYS)
@@ -325,3 +340,28 @@ def test_server_announcing_the_public_address(
         counters = status(lab)["counters"]
         assert isinstance(counters, dict)
         assert counters.get("forward") == 1 and "refusal" not in counters, counters
+
+
+@pytest.mark.parametrize("gateway", GATEWAYS)
+def test_client_announcing_the_public_address(lab: LabHandle, gateway: str, tmp_path: Path) -> None:
+    """The other direction: a client behind the router that names the router's address in
+    its PORT (curl `--ftp-port`), to the outside vsftpd."""
+    lab.use_gateway(gateway)
+    seen = len(_log_lines(lab)) if gateway == "ftp-alg" else 0
+    out = tmp_path / "got.bin"
+    done = subprocess.run(
+        ["ip", "netns", "exec", lab.ns("client"), "curl", "-sS", "-v", "--disable-eprt",
+         "--ftp-port", PUBLIC, "--max-time", "20", f"ftp://{OUTSIDE}/{ONE_MIB}", "-o", str(out)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    said = [x[2:] for x in done.stderr.splitlines() if x.startswith(("> PORT", "< 150", "< 425"))]
+    assert said[0].startswith(f"PORT {PUBLIC.replace('.', ',')},"), done.stderr
+    if gateway != "ftp-alg":  # nothing expects the router's port: vsftpd's connect is refused
+        assert said[1:] == ["425 Failed to establish connection."], done.stderr
+        return
+    assert said[1].startswith("150 Opening BINARY mode data connection"), done.stderr
+    want = (state.node_dir(lab.prefix, "server") / "ftp" / f"{ONE_MIB}.sha256").read_text()
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == want.split()[0]
+    new = [x for x in _log_lines(lab)[seen:] if " session " in x]
+    assert any("forward: PORT port" in x and "text unchanged" in x for x in new), new
+    assert not any("refusal" in x for x in new), new
