@@ -239,6 +239,23 @@ def test_default_data_port_with_inetutils_ftpd(
     assert counters.get("forward") == 1 and "refusal" not in counters, counters
 
 
+def test_tnftp_sendport_off_cannot_bind_its_control_port(
+    lab: LabHandle, inetutils: Served, tmp_path: Path
+) -> None:
+    """tnftp's `sendport` off is meant for the default port, but its control socket has no
+    SO_REUSEADDR: on Linux it fails to listen there and never sends the RETR."""
+    lab.use_gateway("ftp-alg")
+    script = "user anonymous lab@\npassive off\nsendport\nbinary\nget f.bin\nquit\n"
+    done = subprocess.run(
+        ["ip", "netns", "exec", lab.ns("client"), "tnftp", "-n", "-v", OUTSIDE, str(PORT)],
+        input=script, capture_output=True, text=True, timeout=30, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    said = done.stdout + done.stderr
+    assert "Use of PORT/LPRT cmds off." in said, said
+    assert "Can't bind for data connection: Address already in use" in said, said
+    assert not (tmp_path / "f.bin").exists()
+
+
 @pytest.mark.parametrize("gateway", GATEWAYS)
 def test_vsftpd_wants_port_or_pasv_first(lab: LabHandle, gateway: str) -> None:
     lab.use_gateway(gateway)
