@@ -24,7 +24,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -51,10 +51,10 @@ class Served:
     proc: subprocess.Popen[bytes]
     sha256: str
     log: Path
-    notes: list[str] = field(default_factory=list)
 
 
 def _wait_listen(ns: str, port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Bounded: 10 s, or until the server has died (its log then says why)."""
     for _ in range(100):
         with netns(ns), socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
