@@ -194,8 +194,9 @@ class Dialogue:
                 EventKind.FORWARD,
                 self.id,
                 f"default data port (RFC 959 3.2, no PORT or PASV before this transfer): "
-                f"expecting {show_addr(exp.peer)}:20 -> {show_addr(exp.outside)}:"
-                f"{exp.outside_port}, sent on to {show_addr(exp.inside)}:{exp.inside_port}",
+                f"expecting {show_addr(exp.peer)} (port 20 by the RFC, any accepted) -> "
+                f"{show_addr(exp.outside)}:{exp.outside_port}, sent on to "
+                f"{show_addr(exp.inside)}:{exp.inside_port}",
                 before=show_line(line),
             ),
         )
