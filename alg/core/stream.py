@@ -208,9 +208,20 @@ class Stream:
 
     # ---- records -------------------------------------------------------------------------
 
+    def settled_at(self, seq: int) -> bool:
+        """The kernel's record alone puts `seq` (and everything after it) where the exact
+        map does: no correction waits for its acknowledgement, and the record's offset for
+        this position is the total. The common case, and the fast one."""
+        exact, rec = self.exact, self.record
+        if exact.active or rec.offset_after != exact.base:
+            return False
+        return rec.offset_before == rec.offset_after or seq_diff(seq, rec.correction_pos) > 0
+
     def record_for(self, seq: int, end: int) -> SeqAdjRecord | None:
         """The record that lands [seq, end) and every later byte where the exact map says,
         or None when the current one already does."""
+        if self.settled_at(seq):
+            return None
         exact, cur = self.exact, self.record
         want = exact.to_out(seq)
         after = seq_diff(exact.to_out(end), end)
@@ -240,9 +251,12 @@ class Stream:
         mapped for `peer`'s record. None: it leaves unchanged."""
         payload = seg.payload if data is None else data
         before_horizon = seq_diff(seq, self.horizon) < 0
-        if self.exact.identity or before_horizon:
+        out_seq: int | None
+        if not before_horizon and self.settled_at(seq):
+            out_payload, out_seq = payload, seq
+        elif self.exact.identity or before_horizon:
             out_payload = payload
-            out_seq: int | None = (
+            out_seq = (
                 seq
                 if self.record.identity or before_horizon
                 else (self.record.seq_for(self.exact.to_out(seq)))
@@ -252,7 +266,14 @@ class Stream:
             out_seq = self.record.seq_for(self.exact.to_out(seq))
         if out_seq is None:
             return Placement.UNPLACEABLE  # the sender will send it again
-        out_ack = seg.ack if ack is None else peer.ack_out(ack)
+        if ack is None:
+            out_ack = seg.ack
+        else:
+            prec = peer.record
+            # The kernel maps this ack with the record's offset after (or both offsets are
+            # one): when that offset is the peer's whole shift, the ack is right as it is.
+            ack_settled = peer.settled_at((seg.ack - prec.offset_before) & MASK)
+            out_ack = seg.ack if ack_settled else peer.ack_out(ack)
         sack = None
         if has_sack(seg) and not (peer.exact.identity and peer.record.identity):
             sack = peer.sack_out
