@@ -13,6 +13,7 @@ import ftplib
 import hashlib
 import json
 import socket
+import sys
 import time
 
 
@@ -73,13 +74,20 @@ def split_port(server: str, port: int, nodelay: bool, path: str) -> dict[str, ob
     }
 
 
-def many_rewrites(server: str, port: int, count: int) -> dict[str, object]:
-    """One session, `count` active-mode listings: each a PORT rewritten, offsets adding up."""
+def many_rewrites(server: str, port: int, count: int, pause_at: int = 0) -> dict[str, object]:
+    """One session, `count` active-mode listings: each a PORT rewritten, offsets adding up.
+    With `pause_at`, after that many it says so on stdout and waits for a line on stdin (the
+    test restarts the daemon meanwhile: a PORT sent while none runs would pass unrewritten)."""
     ftp = ftplib.FTP()
     ftp.connect(server, port, timeout=10)
     ftp.login()
     ftp.set_pasv(False)
-    listings = [ftp.nlst() for _ in range(count)]
+    listings = []
+    for i in range(count):
+        if pause_at and i == pause_at:
+            print(json.dumps({"paused": i}), flush=True)
+            sys.stdin.readline()
+        listings.append(ftp.nlst())
     noop = ftp.voidcmd("NOOP")
     ftp.quit()
     return {
@@ -122,11 +130,12 @@ def main() -> None:
     p.add_argument("--nodelay", action="store_true")
     p.add_argument("--count", type=int, default=50)
     p.add_argument("--passive", action="store_true")
+    p.add_argument("--pause-at", type=int, default=0)
     a = p.parse_args()
     if a.probe == "split-port":
         out = split_port(a.server, a.port, a.nodelay, a.path)
     elif a.probe == "many-rewrites":
-        out = many_rewrites(a.server, a.port, a.count)
+        out = many_rewrites(a.server, a.port, a.count, a.pause_at)
     else:
         out = parallel(a.server, a.port, a.path, a.count, not a.passive)
     print(json.dumps(out))

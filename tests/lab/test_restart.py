@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import ftplib
 import hashlib
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
 from alg.kernel.ctnetlink import Ctnetlink
 from alg.kernel.cttypes import Tuple
-from alg.lab import backend
+from alg.lab import backend, state
 from tests.kernel.lab import netns
 from tests.lab.conftest import LabHandle
-from tests.lab.test_ftp_alg import ONE_MIB, OUTSIDE, alg, daemon_pid, served_sha, status
+from tests.lab.test_ftp_alg import ONE_MIB, OUTSIDE, PROBE, alg, daemon_pid, served_sha, status
 
 pytestmark = pytest.mark.netns
 OUTSIDE6 = "fd00:198:51:100::20"
@@ -114,3 +117,59 @@ def test_a_dead_daemons_expectation_blocks_no_port(alg: LabHandle) -> None:
         assert _sha(other, client, passive) == want
         other.quit()
     ftp.close()
+
+
+def test_two_hundred_rewrites_with_loss_across_a_restart(alg: LabHandle) -> None:
+    """One session, 200 active listings (200 PORT rewrites, the kernel's record replaced each
+    time), 5 % of the control packets lost both ways in the client's namespace, and the daemon
+    SIGKILLed and started again after the 70th: every listing arrives, the session ends well.
+    (The client waits while no daemon runs: a PORT sent then passes unrewritten, by design of
+    `--queue-bypass`, and that one transfer fails; docs/deployment.md says so.)"""
+    client = alg.ns("client")
+    loss = [
+        ("OUTPUT", "--dport"),
+        ("INPUT", "--sport"),
+    ]
+    rule = ["-m", "statistic", "--mode", "random", "--probability", "0.05", "-j", "DROP"]
+
+    def match(way: str) -> list[str]:
+        return ["-p", "tcp", way, "21", *rule]
+
+    for chain, way in loss:
+        subprocess.run(
+            [*("ip", "netns", "exec", client, "iptables", "-w", "-A", chain), *match(way)],
+            check=True,
+        )
+    try:
+        before = status(alg)["counters"]
+        assert isinstance(before, dict)
+        probe = subprocess.Popen(
+            [
+                *("ip", "netns", "exec", client, sys.executable, str(PROBE), "many-rewrites"),
+                *(OUTSIDE, "--count", "200", "--pause-at", "70"),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert probe.stdin is not None and probe.stdout is not None
+        assert json.loads(probe.stdout.readline()) == {"paused": 70}
+        _stop(alg, "sigkill")
+        backend.daemon(alg.prefix, "start", log=lambda _: None)
+        probe.stdin.write("\n")
+        probe.stdin.flush()
+        out, _ = probe.communicate(timeout=600)
+    finally:
+        for chain, way in loss:
+            subprocess.run(
+                [*("ip", "netns", "exec", client, "iptables", "-w", "-D", chain), *match(way)],
+                check=False,
+            )
+    log = (state.node_dir(alg.prefix, "router") / "logs" / "ftp-alg.log").read_text()
+    assert out, "the probe failed; the router's log ends:\n" + "\n".join(log.splitlines()[-15:])
+    result = json.loads(out)
+    assert result["listings"] == 200 and result["all_same"] is True, result
+    assert result["noop"] == "200 NOOP ok."
+    counters = status(alg)["counters"]
+    assert isinstance(counters, dict) and counters.get("seqadj-resumed", 0) == 1
+    assert counters.get("rewrite", 0) >= 100  # the new daemon rewrote the rest
