@@ -45,8 +45,8 @@ class Daemon:
         self.started = time.time()
         self.stop = False
 
-    def _count(self, name: str) -> None:
-        self.counters[name] = self.counters.get(name, 0) + 1
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
 
     def on_packet(self, pkt: Any) -> None:
         """The queue callback: every packet gets a verdict, now or (held) later."""
@@ -175,7 +175,13 @@ class Daemon:
         # Destroy events first: a connection that replaced one on the same tuple sends its
         # first payload only after its handshake, so the old session is gone by then.
         if events.fileno() in ready:
-            for entry in events.read_events():
+            lost, skipped = events.lost, events.skipped
+            entries = events.read_events()
+            # The kernel dropped events (the socket's buffer overflowed): sessions of those
+            # connections end by idle_timeout instead. Skipped: not of a control port.
+            self._count("destroy-events-lost", events.lost - lost)
+            self._count("destroy-events-skipped", events.skipped - skipped)
+            for entry in entries:
                 self._destroyed(entry)
         for nfq in busy:
             nfq.run(block=False)

@@ -260,10 +260,6 @@ class Ctnetlink:
             raise _error(exc, "list expectations") from None
         return [_expectation(msg) for msg in replies]
 
-    def flush_expectations_of(self, master: Tuple) -> int:
-        """Delete every expectation of `master`; returns how many were deleted."""
-        return sum(self.delete_expectation(e.expected) for e in self.list_expectations(master))
-
     def _request(
         self, mtype: int, flags: int, af: int, attrs: bytes, cls: type[Any] | None
     ) -> list[Any]:
