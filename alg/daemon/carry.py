@@ -63,7 +63,7 @@ class Carrier:
         self.kernel = kernel
         self.clock = clock
         self.counters: dict[str, int] = {}
-        self.ftps = FtpsRanges((), gw, self.counters)  # the daemon gives it the config's ranges
+        self.ftps = FtpsRanges((), gw.session_tuples, self.counters)  # loop.py sets the ranges
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from alg.core import Gateway, Report
+from alg.core.commands import FlowKey
 from alg.core.reports import EventKind
 from alg.daemon.settings import Settings
 from alg.kernel.rules_ftps import MEMBER_TIMEOUT, FtpsRange, Kind, ranges_from
@@ -33,6 +34,8 @@ log = logging.getLogger("ftp-alg")
 
 REFRESH = MEMBER_TIMEOUT / 5  # a member always has at least 4/5 of its timeout left
 Runner = Callable[[Sequence[str], str | None], subprocess.CompletedProcess[str]]
+# Gateway.session_tuples: a session's conntrack (original, reply) tuples, None once it is gone
+Tuples = Callable[[int], tuple[FlowKey, FlowKey] | None]
 
 
 def run_ipset(args: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -64,7 +67,7 @@ class FtpsRanges:
     def __init__(
         self,
         ranges: Sequence[FtpsRange],
-        gw: Gateway,
+        tuples: Tuples,
         counters: dict[str, int],
         runner: Runner = run_ipset,
         clock: Callable[[], float] = time.monotonic,
@@ -72,7 +75,7 @@ class FtpsRanges:
         self.ranges: dict[tuple[Kind, str], list[FtpsRange]] = {}
         for r in ranges:
             self.ranges.setdefault((r.kind, r.host), []).append(r)
-        self.gw = gw
+        self.tuples = tuples
         self.counters = counters
         self.runner = runner
         self.clock = clock
@@ -82,9 +85,8 @@ class FtpsRanges:
 
     @classmethod
     def from_settings(cls, settings: Settings, gw: Gateway, counters: dict[str, int]) -> FtpsRanges:
-        return cls(
-            ranges_from(settings.ftps_passive_ports, settings.ftps_active_ports), gw, counters
-        )
+        ranges = ranges_from(settings.ftps_passive_ports, settings.ftps_active_ports)
+        return cls(ranges, gw.session_tuples, counters)
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -104,7 +106,7 @@ class FtpsRanges:
         conntrack's tuples: original = as the client sent it, reply = as the server answers.
         Port forward: the server answers from its inside address, not the public one it was
         reached at. Masquerade: the server answers to the router, not the inside client."""
-        tuples = self.gw.session_tuples(session)
+        tuples = self.tuples(session)
         if tuples is None:
             return None
         (client, _, server_seen, _), (server, _, client_seen, _) = tuples

@@ -300,7 +300,7 @@ def test_range_opens_to_the_session_client_only_and_closes_when_it_ends(ftps: Ft
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        assert held.stdout is not None and held.stdin is not None
+        assert held.stdout and held.stdin and held.stderr
         line = held.stdout.readline().split()
         assert line == ["retr", ftps.sha256()], (line, held.stderr.read() if not line else "")
         # the session lives: its client, and only its client, gets through the forward
