@@ -14,8 +14,6 @@ the range is DNATed for the session's client only, and closes when the session e
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
 import subprocess
 import sys
@@ -28,6 +26,18 @@ import pytest
 
 from alg.lab import backend, state
 from tests.lab.conftest import LabHandle
+from tests.lab.ftps_lab import (
+    alg_log,
+    connect,
+    counters,
+    joined_node,
+    members,
+    probe_listener,
+    router_config,
+    sh,
+    stop,
+    tls_vsftpd,
+)
 
 pytestmark = pytest.mark.netns
 
@@ -47,21 +57,10 @@ linger = 1.0
 """
 
 
-def sh(ns: str, *argv: str, check: bool = True, timeout: float = 30) -> str:
-    done = subprocess.run(
-        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout
-    )
-    if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} in {ns}: {done.stderr.strip()}")
-    return done.stdout
-
-
 @dataclass
 class Ftps:
     lab: LabHandle
-    ns: str  # the TLS server's namespace
     root: Path  # what vsftpd serves (the lab's inside tree, with sha256 files)
-    logs: Path
 
     @property
     def router(self) -> str:
@@ -79,32 +78,17 @@ class Ftps:
         backend.set_gateway(self.lab.prefix, mode, log=lambda _: None)
 
     def members(self) -> list[str]:
-        """Addresses in the TLS server's range set on the router (empty: range closed)."""
-        out = sh(self.router, "ipset", "list")
-        return re.findall(r"^(\d+\.\d+\.\d+\.\d+) timeout", out, re.MULTILINE)
+        return members(self.lab)
 
     def alg_log(self) -> str:
-        path = state.node_dir(self.lab.prefix, self.lab.topo.router) / "logs/ftp-alg.log"
-        return path.read_text()
+        return alg_log(self.lab)
 
     def counters(self) -> dict[str, int]:
-        sock = state.node_dir(self.lab.prefix, self.lab.topo.router) / "ftp-alg-status.sock"
-        ftp_alg = str(Path(sys.executable).parent / "ftp-alg")
-        out = sh(self.router, ftp_alg, "status", "--json", "--status-socket", str(sock))
-        counters: dict[str, int] = json.loads(out)["counters"]
-        return counters
+        return counters(self.lab)
 
     def connect(self, source: str) -> str:
-        """TCP connect from the outside node's `source` to PUBLIC:PROBE_PORT: what came back."""
-        code = (
-            "import socket,sys\n"
-            "s=socket.socket(); s.settimeout(3); s.bind((sys.argv[1],0))\n"
-            "try:\n s.connect((sys.argv[2],int(sys.argv[3]))); print(s.recv(16).decode())\n"
-            "except ConnectionRefusedError: print('refused')\n"
-            "except OSError as e: print(type(e).__name__)\n"
-        )
-        args = (source, PUBLIC, str(PROBE_PORT))
-        return sh(self.outside, sys.executable, "-c", code, *args).strip()
+        """TCP connect from the outside node's `source` to PUBLIC:PROBE_PORT."""
+        return connect(self.outside, source, PUBLIC, PROBE_PORT)
 
     def curl(self, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
         argv = ["curl", "-v", "--ssl-reqd", "-k", "--connect-timeout", "5", "-m", "20"]
@@ -117,129 +101,50 @@ class Ftps:
         )
 
 
-VSFTPD_CONF = """\
-listen=YES
-listen_address={server}
-listen_port=21
-background=NO
-seccomp_sandbox=NO
-anonymous_enable=YES
-no_anon_password=YES
-local_enable=NO
-anon_root={root}
-ftp_username=ftp
-write_enable=NO
-pasv_enable=YES
-pasv_min_port={low}
-pasv_max_port={high}
-pasv_address={public}
-ssl_enable=YES
-allow_anon_ssl=YES
-force_anon_logins_ssl=YES
-force_anon_data_ssl=YES
-require_ssl_reuse=NO
-rsa_cert_file={dir}/cert.pem
-rsa_private_key_file={dir}/key.pem
-secure_chroot_dir={dir}/empty
-log_ftp_protocol=YES
-vsftpd_log_file={dir}/vsftpd-protocol.log
-"""
-
-
-def _wait_listen(ns: str, port: int) -> None:
-    for _ in range(50):
-        if f":{port} " in sh(ns, "ss", "-Hltn"):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"nothing listens on :{port} in {ns}")
-
-
-def _build(lab: LabHandle, ns: str, tmp: Path) -> list[subprocess.Popen[bytes]]:
+def _forward(lab: LabHandle, add: bool) -> None:
+    """The second public address and its port forward, as an admin writes them; and the
+    outside node's second address."""
     router, outside = lab.ns(lab.topo.router), lab.ns(lab.topo.outside_server)
-    wan = "wan"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    ip = ["ip", "-n"]
-    subprocess.run([*ip, router, "link", "add", "fsftps0", "type", "veth", "peer", "name",
-                    "eth0", "netns", ns], check=True)  # fmt: skip
-    for argv in (
-        [*ip, router, "addr", "add", f"{ROUTER_SIDE}/24", "dev", "fsftps0"],
-        [*ip, router, "link", "set", "fsftps0", "up"],
-        [*ip, router, "addr", "add", f"{PUBLIC}/24", "dev", wan],
-        [*ip, outside, "addr", "add", f"{OTHER}/24", "dev", wan],
-        [*ip, ns, "addr", "add", f"{TLS_SERVER}/24", "dev", "eth0"],
-        [*ip, ns, "link", "set", "eth0", "up"],
-        [*ip, ns, "link", "set", "lo", "up"],
-        [*ip, ns, "route", "add", "default", "via", ROUTER_SIDE],
-    ):
-        subprocess.run(argv, check=True)
-    # the port forward of the second public address, as an admin writes it
-    sh(router, "iptables", "-w", "-t", "nat", "-N", NAT_CHAIN)
-    sh(router, "iptables", "-w", "-t", "nat", "-A", NAT_CHAIN, "-d", PUBLIC, "-p", "tcp",
-       "--dport", "21", "-j", "DNAT", "--to-destination", TLS_SERVER)  # fmt: skip
-    sh(router, "iptables", "-w", "-t", "nat", "-I", "PREROUTING", "1", "-j", NAT_CHAIN)
-    # a self-signed certificate made here, never a file from outside the repository
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=ftps.lab.test", "-keyout", str(tmp / "key.pem"),
-         "-out", str(tmp / "cert.pem")],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    (tmp / "empty").mkdir()
-    os.chmod(tmp, 0o755)
-    root = state.node_dir(lab.prefix, "inside") / "ftp"
-    conf = tmp / "vsftpd.conf"
-    conf.write_text(
-        VSFTPD_CONF.format(server=TLS_SERVER, root=root, low=LOW, high=HIGH, public=PUBLIC, dir=tmp)
-    )
-    log = (tmp / "vsftpd.log").open("ab")
-    # vsftpd writes start-up errors to fd 0
-    vsftpd = subprocess.Popen(
-        ["ip", "netns", "exec", ns, "vsftpd", str(conf)],
-        stdin=log, stdout=log, stderr=log, start_new_session=True,
-    )  # fmt: skip
-    probe = subprocess.Popen(
-        ["ip", "netns", "exec", ns, sys.executable, "-c",
-         f"import socket\ns=socket.create_server(({TLS_SERVER!r},{PROBE_PORT}))\n"
-         "while True:\n c,_=s.accept(); c.sendall(b'probe'); c.close()"],
-        start_new_session=True,
-    )  # fmt: skip
-    _wait_listen(ns, 21)
-    _wait_listen(ns, PROBE_PORT)
-    return [vsftpd, probe]
-
-
-def _teardown(lab: LabHandle, ns: str, procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-    router, outside = lab.ns(lab.topo.router), lab.ns(lab.topo.outside_server)
+    if add:
+        subprocess.run(
+            ["ip", "-n", router, "addr", "add", f"{PUBLIC}/24", "dev", "wan"], check=True
+        )
+        subprocess.run(
+            ["ip", "-n", outside, "addr", "add", f"{OTHER}/24", "dev", "wan"], check=True
+        )
+        sh(router, "iptables", "-w", "-t", "nat", "-N", NAT_CHAIN)
+        sh(router, "iptables", "-w", "-t", "nat", "-A", NAT_CHAIN, "-d", PUBLIC, "-p", "tcp",
+           "--dport", "21", "-j", "DNAT", "--to-destination", TLS_SERVER)  # fmt: skip
+        sh(router, "iptables", "-w", "-t", "nat", "-I", "PREROUTING", "1", "-j", NAT_CHAIN)
+        return
     sh(router, "iptables", "-w", "-t", "nat", "-D", "PREROUTING", "-j", NAT_CHAIN, check=False)
     sh(router, "iptables", "-w", "-t", "nat", "-F", NAT_CHAIN, check=False)
     sh(router, "iptables", "-w", "-t", "nat", "-X", NAT_CHAIN, check=False)
     subprocess.run(["ip", "-n", router, "addr", "del", f"{PUBLIC}/24", "dev", "wan"], check=False)
     subprocess.run(["ip", "-n", outside, "addr", "del", f"{OTHER}/24", "dev", "wan"], check=False)
-    subprocess.run(["ip", "netns", "del", ns], check=False)  # takes the veth pair with it
 
 
 @pytest.fixture(scope="module")
 def ftps(lab: LabHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ftps]:
     ns = f"{lab.prefix}-ftps"
     tmp = tmp_path_factory.mktemp("ftps")
-    config = state.node_dir(lab.prefix, lab.topo.router) / "ftp-alg.toml"
+    config = router_config(lab)
     assert not config.exists(), "another test left a daemon config on the router"
+    root = state.node_dir(lab.prefix, "inside") / "ftp"
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        procs = _build(lab, ns, tmp)
+        joined_node(lab.ns(lab.topo.router), ns, "fsftps0", f"{ROUTER_SIDE}/24", f"{TLS_SERVER}/24")
+        _forward(lab, add=True)
+        procs.append(tls_vsftpd(ns, tmp, TLS_SERVER, root, (LOW, HIGH), PUBLIC))
+        procs.append(probe_listener(ns, TLS_SERVER, PROBE_PORT))
         config.write_text(CONFIG)
-        yield Ftps(lab, ns, state.node_dir(lab.prefix, "inside") / "ftp", tmp)
+        yield Ftps(lab, root)
     finally:
         config.unlink(missing_ok=True)
         backend.set_gateway(lab.prefix, "none", log=lambda _: None)  # rules and sets removed
-        _teardown(lab, ns, procs)
+        stop(procs)
+        _forward(lab, add=False)
+        subprocess.run(["ip", "netns", "del", ns], check=False)  # takes the veth pair with it
 
 
 @pytest.mark.parametrize("mode", ["none", "kernel"])
