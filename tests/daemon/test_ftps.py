@@ -1,14 +1,17 @@
 """FTPS ranges without a kernel: the settings, the rendered rules, the daemon hook's bookkeeping.
 
-The hook's `ipset` calls are recorded by a fake runner here; tests/lab/test_ftps.py runs the
-real thing (vsftpd with TLS behind the lab's router).
+The hook's set changes are recorded by a fake here (and the netlink adapter is run once against
+a real ipset); tests/lab/test_ftps*.py run the whole thing (vsftpd with TLS behind the lab's
+router).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
 import subprocess
-from collections.abc import Sequence
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,7 @@ from alg.kernel.rules_ftps import MEMBER_TIMEOUT, FtpsRange, ranges_from
 
 SERVER, PUBLIC, CLIENT = "192.168.78.21", "198.51.100.1", "198.51.100.20"
 INSIDE_CLIENT, OUTSIDE_SERVER = "192.168.77.10", "203.0.113.5"
+ROOT = Path(__file__).resolve().parents[2]
 PASSIVE = FtpsRange("passive", SERVER, 31000, 31009)
 ACTIVE = FtpsRange("active", INSIDE_CLIENT, 40000, 40009)
 
@@ -122,17 +126,20 @@ def test_set_names_fit_ipset_and_differ_per_host_and_kind() -> None:
 # --- the daemon hook -------------------------------------------------------------------------
 
 
-class Ipset:
-    """Records the `ipset` calls; `fail` makes them fail like a missing set."""
+class FakeSets:
+    """Records the set changes; `fail` makes them fail like a missing set."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, ...]] = []
+        self.calls: list[tuple[str | int, ...]] = []
         self.fail = False
 
-    def __call__(self, args: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
-        self.calls.append((*args, stdin or ""))
-        code, err = (1, "The set with the given name does not exist") if self.fail else (0, "")
-        return subprocess.CompletedProcess(["ipset", *args], code, "", err)
+    def add(self, name: str, peer: str, timeout: int) -> str | None:
+        self.calls.append(("add", name, peer, timeout))
+        return "NoSuchObject (2, 'No such file or directory')" if self.fail else None
+
+    def delete(self, name: str, peer: str) -> str | None:
+        self.calls.append(("del", name, peer))
+        return None
 
 
 class Clock:
@@ -143,10 +150,10 @@ class Clock:
         return self.now
 
 
-def hook(sessions: dict[int, tuple[FlowKey, FlowKey]]) -> tuple[FtpsRanges, Ipset, Clock]:
-    ipset, clock = Ipset(), Clock()
-    ranges = FtpsRanges([PASSIVE, ACTIVE], sessions.get, {}, ipset, clock)
-    return ranges, ipset, clock
+def hook(sessions: dict[int, tuple[FlowKey, FlowKey]]) -> tuple[FtpsRanges, FakeSets, Clock]:
+    sets, clock = FakeSets(), Clock()
+    ranges = FtpsRanges([PASSIVE, ACTIVE], sessions.get, {}, sets, clock)
+    return ranges, sets, clock
 
 
 def blind(session: int) -> Report:
@@ -158,69 +165,96 @@ def end(session: int) -> Report:
 
 
 def test_forwarded_session_opens_the_servers_range_to_its_client_until_it_ends() -> None:
-    ranges, ipset, clock = hook({1: FORWARDED})
+    ranges, sets, clock = hook({1: FORWARDED})
     ranges.on_report(blind(1))
-    add = ("-exist", "add", PASSIVE.set_name, CLIENT, "timeout", str(MEMBER_TIMEOUT), "")
-    assert ipset.calls == [add]
+    add = ("add", PASSIVE.set_name, CLIENT, MEMBER_TIMEOUT)
+    assert sets.calls == [add]
     ranges.on_report(blind(1))  # blind again after CCC + AUTH: nothing new
-    assert ipset.calls == [add]
+    assert sets.calls == [add]
     clock.now += 12.5
     ranges.on_report(end(1))
-    assert ipset.calls[1:] == [("-exist", "del", PASSIVE.set_name, CLIENT, "")]
+    assert sets.calls[1:] == [("del", PASSIVE.set_name, CLIENT)]
     assert ranges.counters == {"ftps-range-opened": 1, "ftps-range-closed": 1}
 
 
 def test_masqueraded_inside_client_opens_its_active_range_to_its_server() -> None:
-    ranges, ipset, _ = hook({2: MASQUERADED})
+    ranges, sets, _ = hook({2: MASQUERADED})
     ranges.on_report(blind(2))
-    assert ipset.calls[0][:4] == ("-exist", "add", ACTIVE.set_name, OUTSIDE_SERVER)
+    assert sets.calls == [("add", ACTIVE.set_name, OUTSIDE_SERVER, MEMBER_TIMEOUT)]
 
 
 def test_sessions_without_nat_or_declared_host_open_nothing() -> None:
     other = ((a(CLIENT), 50002, a(PUBLIC), 21), (a("192.168.78.99"), 21, a(CLIENT), 50002))
-    ranges, ipset, _ = hook({3: PLAIN, 4: other})
+    ranges, sets, _ = hook({3: PLAIN, 4: other})
     for session in (3, 4, 5):  # 5: already gone
         ranges.on_report(blind(session))
         ranges.on_report(end(session))
     ranges.on_report(Report(EventKind.REWRITE, 3, "PORT"))
-    assert ipset.calls == [] and ranges.counters == {}
+    assert sets.calls == [] and ranges.counters == {}
 
 
 def test_the_range_stays_open_while_another_session_of_the_peer_lives() -> None:
     second = ((a(CLIENT), 50009, a(PUBLIC), 21), (a(SERVER), 21, a(CLIENT), 50009))
-    ranges, ipset, _ = hook({1: FORWARDED, 2: second})
+    ranges, sets, _ = hook({1: FORWARDED, 2: second})
     ranges.on_report(blind(1))
     ranges.on_report(blind(2))
     ranges.on_report(end(1))
-    assert not any(call[1] == "del" for call in ipset.calls)
+    assert not any(call[0] == "del" for call in sets.calls)
     ranges.on_report(end(2))
-    assert [call[1] for call in ipset.calls] == ["add", "add", "del"]
+    assert [call[0] for call in sets.calls] == ["add", "add", "del"]
 
 
 def test_a_failed_add_is_counted_and_nothing_is_left_to_close() -> None:
-    ranges, ipset, _ = hook({1: FORWARDED})
-    ipset.fail = True
+    ranges, sets, _ = hook({1: FORWARDED})
+    sets.fail = True
     ranges.on_report(blind(1))
     ranges.on_report(end(1))
     assert ranges.counters == {"ftps-range-failed": 1}
-    assert len(ipset.calls) == 1
+    assert len(sets.calls) == 1
 
 
 def test_members_are_refreshed_at_most_every_refresh_interval_and_closed_at_stop() -> None:
-    ranges, ipset, clock = hook({1: FORWARDED, 2: MASQUERADED})
+    ranges, sets, clock = hook({1: FORWARDED, 2: MASQUERADED})
     ranges.tick(clock.now)  # nothing open: no call
-    assert ipset.calls == []
+    assert sets.calls == []
     ranges.on_report(blind(1))
     ranges.on_report(blind(2))
+    opened = list(sets.calls)
     ranges.tick(clock.now)
     ranges.tick(clock.now + REFRESH / 2)
     ranges.tick(clock.now + REFRESH)
-    restores = [call for call in ipset.calls if call[1] == "restore"]
-    assert len(restores) == 2
-    assert restores[0][-1] == (
-        f"add {PASSIVE.set_name} {CLIENT} timeout {MEMBER_TIMEOUT}\n"
-        f"add {ACTIVE.set_name} {OUTSIDE_SERVER} timeout {MEMBER_TIMEOUT}\n"
-    )
+    assert sets.calls[2:] == opened + opened  # two refreshes of both members
     ranges.close()
-    assert [call[1] for call in ipset.calls[-2:]] == ["del", "del"]
+    assert [call[0] for call in sets.calls[-2:]] == ["del", "del"]
     assert ranges.counters["ftps-range-closed"] == 2 and not ranges.open
+
+
+@pytest.mark.netns
+def test_kernel_sets_add_refresh_and_delete_members(tmp_path: Path) -> None:
+    """The pyroute2 adapter against a real ipset, in a namespace of this test's own."""
+    ns = f"fs-ftps-sets-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        code = (
+            "from alg.daemon.ftps import KernelSets\n"
+            "s = KernelSets()\n"
+            "print(s.add('ftp-alg-t', '192.0.2.7', 300), s.add('ftp-alg-t', '192.0.2.7', 200))\n"
+            "print(s.add('ftp-alg-missing', '192.0.2.7', 300) is not None)\n"
+            "print(s.delete('ftp-alg-t', '192.0.2.8'), s.delete('ftp-alg-t', '192.0.2.7'))\n"
+        )
+        run = ["ip", "netns", "exec", ns]
+        subprocess.run([*run, "ipset", "create", "ftp-alg-t", "hash:ip", "timeout", "300"],
+                       check=True)  # fmt: skip
+        mid = [*run, sys.executable, "-c", code.split("print(s.delete")[0]]
+        subprocess.run(mid, check=True, capture_output=True, text=True, cwd=ROOT)
+        listed = subprocess.run([*run, "ipset", "list", "ftp-alg-t"], capture_output=True,
+                                text=True, check=True).stdout  # fmt: skip
+        assert re.search(r"^192\.0\.2\.7 timeout (19\d|200)$", listed, re.MULTILINE), listed
+        done = subprocess.run([*run, sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, cwd=ROOT)  # fmt: skip
+        assert done.stdout.split() == ["None", "None", "True", "None", "None"]
+        listed = subprocess.run([*run, "ipset", "list", "ftp-alg-t"], capture_output=True,
+                                text=True, check=True).stdout  # fmt: skip
+        assert "192.0.2.7" not in listed
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
