@@ -164,6 +164,7 @@ def test_passive_ftps_through_the_forward_fails_without_ftp_alg(
     assert done.returncode == 7, done.stderr  # CURLE_COULDNT_CONNECT
     assert not out.exists()
     assert "FTP_ALG_FTPS" not in sh(ftps.router, "iptables", "-w", "-t", "nat", "-S")
+    assert "ftp-alg-" not in sh(ftps.router, "ipset", "list", "-n")  # `rules remove` took them
 
 
 @pytest.mark.parametrize("client", ["curl", "lftp"])
@@ -171,8 +172,11 @@ def test_passive_ftps_through_the_forward_works_with_ftp_alg(
     ftps: Ftps, tmp_path: Path, client: str
 ) -> None:
     ftps.gateway("ftp-alg")
-    rules = sh(ftps.router, "iptables", "-w", "-t", "nat", "-S", "FTP_ALG_FTPS")
-    assert f"--dport {LOW}:{HIGH} -m set --match-set ftp-alg-pasv-" in rules
+    ftp_alg = str(Path(sys.executable).parent / "ftp-alg")
+    shown = sh(ftps.router, ftp_alg, "rules", "show", "--backend", "iptables", "--family", "4")
+    nat = shown[shown.index("# iptables -t nat") :]
+    assert "-A PREROUTING -j FTP_ALG_FTPS" in nat
+    assert f"--dport {LOW}:{HIGH} -m set --match-set ftp-alg-pasv-" in nat
     out = tmp_path / "got"
     if client == "curl":
         done = ftps.curl(out)
