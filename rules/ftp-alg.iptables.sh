@@ -66,6 +66,8 @@ ftp_alg_apply() {
 	iptables -w -t mangle -A FTP_ALG -p tcp -m multiport --dports 21,2121 -m conntrack --ctstate ESTABLISHED -m bpf --bytecode '10,177 0 0 0,80 0 0 12,84 0 0 240,116 0 0 2,12 0 0 0,7 0 0 0,40 0 0 2,45 0 1 0,6 0 0 1,6 0 0 0' -j NFQUEUE --queue-num 0 --queue-bypass
 	iptables -w -t mangle -A FTP_ALG -p tcp -m multiport --sports 21,2121 -m conntrack --ctstate ESTABLISHED -m bpf --bytecode '10,177 0 0 0,80 0 0 12,84 0 0 240,116 0 0 2,12 0 0 0,7 0 0 0,40 0 0 2,45 0 1 0,6 0 0 1,6 0 0 0' -j NFQUEUE --queue-num 0 --queue-bypass
 	iptables -w -t mangle -C POSTROUTING -j FTP_ALG 2>/dev/null || iptables -w -t mangle -I POSTROUTING 1 -j FTP_ALG
+	while iptables -w -t nat -D PREROUTING -j FTP_ALG_FTPS 2>/dev/null; do :; done
+	if iptables -w -t nat -F FTP_ALG_FTPS 2>/dev/null; then iptables -w -t nat -X FTP_ALG_FTPS; fi
 	while ip6tables -w -t raw -D PREROUTING -j FTP_ALG_OUT 2>/dev/null; do :; done
 	while ip6tables -w -t raw -D OUTPUT -j FTP_ALG 2>/dev/null; do :; done
 	ip6tables -w -t raw -N FTP_ALG 2>/dev/null || ip6tables -w -t raw -F FTP_ALG
@@ -78,6 +80,8 @@ ftp_alg_apply() {
 	ip6tables -w -t mangle -A FTP_ALG -p tcp -m multiport --dports 21,2121 -m conntrack --ctstate ESTABLISHED -m bpf --bytecode '10,48 0 0 6,21 0 6 6,48 0 0 52,84 0 0 240,116 0 0 2,7 0 0 0,40 0 0 4,45 0 1 0,6 0 0 1,6 0 0 0' -j NFQUEUE --queue-num 0 --queue-bypass
 	ip6tables -w -t mangle -A FTP_ALG -p tcp -m multiport --sports 21,2121 -m conntrack --ctstate ESTABLISHED -m bpf --bytecode '10,48 0 0 6,21 0 6 6,48 0 0 52,84 0 0 240,116 0 0 2,7 0 0 0,40 0 0 4,45 0 1 0,6 0 0 1,6 0 0 0' -j NFQUEUE --queue-num 0 --queue-bypass
 	ip6tables -w -t mangle -C POSTROUTING -j FTP_ALG 2>/dev/null || ip6tables -w -t mangle -I POSTROUTING 1 -j FTP_ALG
+	while ip6tables -w -t nat -D PREROUTING -j FTP_ALG_FTPS 2>/dev/null; do :; done
+	if ip6tables -w -t nat -F FTP_ALG_FTPS 2>/dev/null; then ip6tables -w -t nat -X FTP_ALG_FTPS; fi
 }
 
 ftp_alg_remove() {
@@ -91,6 +95,8 @@ ftp_alg_remove() {
 	if iptables -w -t mangle -F FTP_ALG 2>/dev/null; then iptables -w -t mangle -X FTP_ALG; fi
 	if iptables -V | grep -q nf_tables && ! iptables -w -t mangle -S | grep -qv '^-P .* ACCEPT$'; then nft delete table ip mangle; fi
 	if iptables -V | grep -q nf_tables && ! iptables -w -t raw -S | grep -qv '^-P .* ACCEPT$'; then nft delete table ip raw; fi
+	while iptables -w -t nat -D PREROUTING -j FTP_ALG_FTPS 2>/dev/null; do :; done
+	if iptables -w -t nat -F FTP_ALG_FTPS 2>/dev/null; then iptables -w -t nat -X FTP_ALG_FTPS; fi
 	while ip6tables -w -t raw -D PREROUTING -j FTP_ALG 2>/dev/null; do :; done
 	while ip6tables -w -t raw -D PREROUTING -j FTP_ALG_OUT 2>/dev/null; do :; done
 	while ip6tables -w -t raw -D OUTPUT -j FTP_ALG 2>/dev/null; do :; done
@@ -101,6 +107,9 @@ ftp_alg_remove() {
 	if ip6tables -w -t mangle -F FTP_ALG 2>/dev/null; then ip6tables -w -t mangle -X FTP_ALG; fi
 	if ip6tables -V | grep -q nf_tables && ! ip6tables -w -t mangle -S | grep -qv '^-P .* ACCEPT$'; then nft delete table ip6 mangle; fi
 	if ip6tables -V | grep -q nf_tables && ! ip6tables -w -t raw -S | grep -qv '^-P .* ACCEPT$'; then nft delete table ip6 raw; fi
+	while ip6tables -w -t nat -D PREROUTING -j FTP_ALG_FTPS 2>/dev/null; do :; done
+	if ip6tables -w -t nat -F FTP_ALG_FTPS 2>/dev/null; then ip6tables -w -t nat -X FTP_ALG_FTPS; fi
+	for s in $(ipset list -n 2>/dev/null | grep '^ftp-alg-' || :); do ipset destroy "$s"; done
 }
 
 case "${1:-}" in

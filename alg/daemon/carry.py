@@ -33,6 +33,7 @@ from alg.core import (
 )
 from alg.core.text import show_addr
 from alg.daemon.conntrack import expected_tuple
+from alg.daemon.ftps import FtpsRanges
 
 log = logging.getLogger("ftp-alg")
 
@@ -77,12 +78,14 @@ class Carrier:
         self.kernel = kernel
         self.clock = clock
         self.counters: dict[str, int] = {}
+        self.ftps = FtpsRanges((), gw.session_tuples, self.counters)  # loop.py sets the ranges
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
     def run(self, commands: Iterable[Command]) -> None:
         todo: deque[Command] = deque(commands)
+        self.ftps.tick(self.clock())
         while todo:
             cmd = todo.popleft()
             try:
@@ -116,6 +119,7 @@ class Carrier:
             cmd.handle.drop()  # type: ignore[attr-defined]
         elif isinstance(cmd, Report):
             log_report(cmd)
+            self.ftps.on_report(cmd)
         elif isinstance(cmd, WriteSeqAdj):
             self.kernel.write_seqadj(cmd.original, cmd.direction, cmd.record)
         elif isinstance(cmd, Withdraw):

@@ -18,6 +18,7 @@ from typing import Any
 from alg.core import Gateway
 from alg.daemon.carry import Carrier
 from alg.daemon.conntrack import Kernel, to_key
+from alg.daemon.ftps import FtpsRanges
 from alg.daemon.metrics import Metrics
 from alg.daemon.queueflags import set_fail_open
 from alg.daemon.ratelimit import RateLimitFilter
@@ -38,6 +39,7 @@ class Daemon:
         self.kernel = Kernel(self.ct, settings.port_tries, (low, high))
         self.gw = Gateway(settings.core)
         self.carrier = Carrier(self.gw, self.kernel, time.monotonic)
+        self.carrier.ftps = FtpsRanges.from_settings(settings, self.gw, self.carrier.counters)
         # A taken port raises OSError here, which `ftp-alg run` reports as "cannot start".
         self.metrics = Metrics(settings.metrics_listen or None)
         self._metrics_due = 0.0
@@ -157,6 +159,7 @@ class Daemon:
         finally:
             log.info("ftp-alg stopping: releasing held packets, withdrawing expectations")
             self.carrier.run(self.gw.close(time.monotonic()))
+            self.carrier.ftps.close()
             self.kernel.withdraw_all()
             for nfq in queues:
                 nfq.unbind()

@@ -60,6 +60,11 @@ class Settings:
     port_range: tuple[int, int] = (1024, 65535)
     # host:port or [v6]:port for Prometheus' /metrics (alg.daemon.metrics); "" = off.
     metrics_listen: str = ""
+    # FTPS behind NAT (alg/daemon/ftps.py): inside server -> its passive port ranges, opened
+    # to a blind session's client only; inside client -> its active ranges, opened to its
+    # server only. Keys are normalised address strings; ranges (low, high), inclusive.
+    ftps_passive_ports: dict[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+    ftps_active_ports: dict[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -140,8 +145,46 @@ def _announce_ok(value: Any) -> bool:
     return all(k.version == v.version for k, v in pairs)
 
 
+_FTPS_KEYS = ("ftps_passive_ports", "ftps_active_ports")
+
+
+def parse_ranges(value: Any) -> dict[str, tuple[tuple[int, int], ...]]:
+    """`{"192.168.78.21" = "30000-30049"}` (or a list of such strings per address) ->
+    {normalised address: ((low, high), ...)}. Raises ValueError saying what is wrong."""
+    if not isinstance(value, dict):
+        raise ValueError('must be a table of "address" = "low-high" (or a list of them)')
+    out: dict[str, tuple[tuple[int, int], ...]] = {}
+    for key, spec in value.items():
+        try:
+            host = str(ipaddress.ip_address(key))
+        except ValueError:
+            raise ValueError(f"{key!r} is not an IP address") from None
+        items = spec if isinstance(spec, list) else [spec]
+        ranges: list[tuple[int, int]] = []
+        for item in items:
+            low, sep, high = item.partition("-") if isinstance(item, str) else ("", "", "")
+            if not (sep and low.strip().isdigit() and high.strip().isdigit()):
+                raise ValueError(f'{key} = {item!r}: a range is written "low-high"')
+            pair = (int(low), int(high))
+            if not (all(map(_is_port, pair)) and pair[0] <= pair[1]):
+                raise ValueError(f"{key} = {item!r}: need 1 <= low <= high <= 65535")
+            ranges.append(pair)
+        if not ranges:
+            raise ValueError(f"{key} has no range")
+        if host in out:
+            raise ValueError(f"{key} is listed twice")
+        out[host] = tuple(ranges)
+    return out
+
+
 def _problem(name: str, value: Any, default: Any) -> str | None:
     """Why `value` is refused for setting `name` (whose default is `default`), or None."""
+    if name in _FTPS_KEYS:
+        try:
+            parse_ranges(value)
+        except ValueError as exc:
+            return str(exc)
+        return None
     if name == "port_range":
         if not (isinstance(value, list | tuple) and len(value) == 2 and all(map(_is_port, value))):
             return "must be [low, high], two ports in 1..65535"
@@ -226,6 +269,9 @@ def load(path: str | None, overrides: dict[str, Any]) -> Settings:
     daemon = {k: v for k, v in flat.items() if k in _DAEMON_KEYS and k != "announce"}
     if "port_range" in daemon:
         daemon["port_range"] = tuple(daemon["port_range"])
+    for name in _FTPS_KEYS:
+        if name in daemon:
+            daemon[name] = parse_ranges(daemon[name])
     settings = Settings(core=core, **daemon)
     if "announce" in flat:
         core = replace(core, announce=_core_value("announce", flat["announce"]))

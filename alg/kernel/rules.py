@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from alg.core.config import DEFAULT_CONTROL_PORTS
+from alg.kernel.rules_ftps import SET_PREFIX, FtpsRange, create_set, dnat_rule
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ RAW_OUT = Chain("raw", "FTP_ALG_OUT", "OUTPUT")
 # mangle POSTROUTING: the queue, both directions (after conntrack and DNAT, before SNAT)
 MANGLE_POST = Chain("mangle", "FTP_ALG", "POSTROUTING")
 CHAINS = (RAW_IN, RAW_OUT, MANGLE_POST)
+# nat PREROUTING: the FTPS range DNAT rules (rules_ftps), only when ranges are declared
+FTPS_NAT = Chain("nat", "FTP_ALG_FTPS", "PREROUTING")
 TABLES = ("raw", "mangle")
 NFT_TABLE = "ftp_alg"  # `table inet ftp_alg`
 ANCHOR_HELPER = "sane"
@@ -94,6 +97,7 @@ class RuleOptions:
     ports: tuple[int, ...] = DEFAULT_CONTROL_PORTS
     queue_balance: tuple[int, int] | None = None  # first and last queue, both included
     families: tuple[int, ...] = (4, 6)
+    ftps: tuple[FtpsRange, ...] = ()  # declared FTPS ranges (daemon config), none by default
 
     def __post_init__(self) -> None:
         if not self.ports or len(self.ports) > MAX_PORTS:
@@ -135,7 +139,9 @@ def parse_balance(text: str) -> tuple[int, int]:
 
 # --- iptables --------------------------------------------------------------------------------
 
-StepKind = Literal["chain", "rule", "jump", "unjump", "drop_chain", "drop_empty_table"]
+StepKind = Literal[
+    "chain", "rule", "jump", "unjump", "drop_chain", "drop_empty_table", "set", "drop_sets"
+]
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,9 @@ class Step:
     `-j chain` first in `hook` unless present; unjump: delete every `-j chain` from `hook`;
     drop_chain: empty and delete `chain` if it exists; drop_empty_table: with iptables-nft,
     delete the table if nothing is left in it but ACCEPT policies (apply may have created it;
-    an empty table filters nothing, so `iptables-save` then reads as before apply).
+    an empty table filters nothing, so `iptables-save` then reads as before apply); set: run
+    `ipset args` (create a set unless it exists); drop_sets: destroy every ipset named
+    `chain`* (after the rules using them are gone).
     """
 
     kind: StepKind
@@ -210,7 +218,26 @@ def apply_steps(opts: RuleOptions) -> list[Step]:
             steps.append(Step("chain", tool, chain.table, chain.name))
             steps += [Step("rule", tool, chain.table, chain.name, args=rule) for rule in rules]
             steps.append(Step("jump", tool, chain.table, chain.name, hook=chain.hook))
+        steps += _ftps_steps(opts, family)
     return steps
+
+
+def _ftps_steps(opts: RuleOptions, family: int) -> list[Step]:
+    """The FTPS range sets and DNAT rules of one family; without declared ranges, only the
+    removal of any left by an earlier apply (so apply converges on the config)."""
+    tool, chain = TOOLS[family], FTPS_NAT
+    ranges = [r for r in opts.ftps if r.family == family]
+    if not ranges:
+        return [
+            Step("unjump", tool, chain.table, chain.name, hook=chain.hook),
+            Step("drop_chain", tool, chain.table, chain.name),
+        ]
+    return [
+        *(Step("set", "ipset", "", a[2], args=a) for a in dict.fromkeys(map(create_set, ranges))),
+        Step("chain", tool, chain.table, chain.name),
+        *(Step("rule", tool, chain.table, chain.name, args=dnat_rule(r)) for r in ranges),
+        Step("jump", tool, chain.table, chain.name, hook=chain.hook),
+    ]
 
 
 def remove_steps(families: tuple[int, ...] = (4, 6)) -> list[Step]:
@@ -222,13 +249,19 @@ def remove_steps(families: tuple[int, ...] = (4, 6)) -> list[Step]:
         ]
         steps += [Step("drop_chain", tool, c.table, c.name) for c in CHAINS]
         steps += [Step("drop_empty_table", tool, t, "") for t in sorted({c.table for c in CHAINS})]
-    return steps
+        steps += _ftps_steps(RuleOptions(), family)
+    return [*steps, Step("drop_sets", "ipset", "", SET_PREFIX)]
 
 
 def shell_line(step: Step) -> str:
     """The POSIX shell equivalent of `rules_exec` running the step."""
     ipt = f"{step.tool} -w -t {step.table}"
     chain = step.chain
+    if step.kind == "set":
+        return f"ipset {' '.join(step.args)}"
+    if step.kind == "drop_sets":
+        listed = f"$(ipset list -n 2>/dev/null | grep '^{chain}' || :)"
+        return f'for s in {listed}; do ipset destroy "$s"; done'
     if step.kind == "chain":
         return f"{ipt} -N {chain} 2>/dev/null || {ipt} -F {chain}"
     if step.kind == "rule":
@@ -319,6 +352,8 @@ def render_nft(opts: RuleOptions | None = None) -> str:
     runs.
     """
     opts = opts or RuleOptions()
+    if opts.ftps:  # iptables matches ipsets, nft rules cannot (rules_ftps)
+        raise ValueError("FTPS ranges (ftps_*_ports) need the iptables backend")
     only = "" if len(opts.families) == 2 else f"meta nfproto ipv{opts.families[0]} "
     ports = _nft_ports(opts.ports)
     queue = _nft_queue(opts)

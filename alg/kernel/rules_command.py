@@ -12,6 +12,7 @@ from typing import Any
 
 from alg.kernel import rules, rules_exec
 from alg.kernel.rules_exec import RulesError
+from alg.kernel.rules_ftps import FtpsRange, ranges_from
 
 _FAMILIES = {"4": (4,), "6": (6,), "both": (4, 6)}
 
@@ -52,6 +53,26 @@ def _options(parser: argparse.ArgumentParser) -> None:
         help="auto: nft if the kernel has nft_queue, else iptables (render: iptables)",
     )
     parser.add_argument("--family", choices=tuple(_FAMILIES), default="both")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the daemon's config: its ftps_passive_ports/ftps_active_ports add the FTPS range"
+        " DNAT rules (default: $FTP_ALG_CONFIG, else /etc/ftp-alg/ftp-alg.toml if present)",
+    )
+
+
+def _ftps_ranges(path: str | None) -> tuple[FtpsRange, ...]:
+    """The FTPS ranges the daemon's config declares; none without a config file."""
+    from alg.daemon.settings import config_default, load
+
+    path = path or config_default()
+    if path is None:
+        return ()
+    try:
+        settings = load(path, {})
+    except OSError as exc:
+        raise ValueError(f"cannot read the config {path}: {exc.strerror}") from None
+    return ranges_from(settings.ftps_passive_ports, settings.ftps_active_ports)
 
 
 def _rule_options(args: argparse.Namespace) -> rules.RuleOptions:
@@ -60,6 +81,7 @@ def _rule_options(args: argparse.Namespace) -> rules.RuleOptions:
         ports=rules.parse_ports(args.ports),
         queue_balance=rules.parse_balance(args.queue_balance) if args.queue_balance else None,
         families=_FAMILIES[args.family],
+        ftps=_ftps_ranges(args.config),
     )
 
 
@@ -68,9 +90,11 @@ def _fail(message: str, status: int = 1) -> int:
     return status
 
 
-def _backend(choice: str) -> str:
+def _backend(choice: str, ftps: bool = False) -> str:
+    if ftps and choice == "nft":
+        raise RulesError("FTPS ranges need the iptables backend (ipset): use --backend iptables")
     if choice == "auto":
-        return "nft" if rules_exec.nft_has_queue() else "iptables"
+        return "nft" if not ftps and rules_exec.nft_has_queue() else "iptables"
     if choice == "nft" and not rules_exec.nft_has_queue():
         raise RulesError(
             "this kernel cannot queue from nftables (no nft_queue): use --backend iptables"
@@ -84,7 +108,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(str(exc), 2)
     try:
-        backend = _backend(args.backend)
+        backend = _backend(args.backend, bool(opts.ftps))
         conflicts = rules_exec.ftp_helper_conflicts(opts)
         if conflicts:
             listed = "\n".join(f"  {line}" for line in conflicts)
@@ -151,6 +175,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(str(exc), 2)
     if args.backend == "nft":
+        if opts.ftps:
+            return _fail("FTPS ranges need the iptables backend (ipset)", 2)
         sys.stdout.write(rules.render_nft(opts))
     else:
         sys.stdout.write(rules.render_iptables_script(opts))

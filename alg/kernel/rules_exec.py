@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from alg.kernel.rules import (
     CHAINS,
+    FTPS_NAT,
     NFT_TABLE,
     TABLES,
     TOOLS,
@@ -101,7 +102,16 @@ def _chain_exists(tool: str, table: str, chain: str) -> bool:
 def run_step(step: Step) -> None:
     """Run one step with the semantics `rules.shell_line` renders."""
     tool, table, chain = step.tool, step.table, step.chain
-    if step.kind == "chain":
+    if step.kind == "set":
+        _must(["ipset", *step.args])
+    elif step.kind == "drop_sets":
+        try:
+            listed = run(["ipset", "list", "-n"]).stdout.split()
+        except RulesError:  # no ipset tool: no sets of ours either
+            return
+        for name in (n for n in listed if n.startswith(chain)):
+            _must(["ipset", "destroy", name])
+    elif step.kind == "chain":
         if _chain_exists(tool, table, chain):
             _must(_ipt(tool, table, "-F", chain))
         else:
@@ -143,14 +153,15 @@ def iptables_installed(family: int) -> dict[str, list[str]]:
     jumps to our chains, then the chains."""
     tool = TOOLS[family]
     found: dict[str, list[str]] = {}
-    for table in TABLES:
-        names = list(dict.fromkeys(c.name for c in CHAINS if c.table == table))
+    chains = (*CHAINS, FTPS_NAT)
+    for table in (*TABLES, FTPS_NAT.table):
+        names = list(dict.fromkeys(c.name for c in chains if c.table == table))
         present = [name for name in names if _chain_exists(tool, table, name)]
         if not present:
             continue
         jumps = tuple(f"-j {name}" for name in present)
         lines: list[str] = []
-        for hook in dict.fromkeys(c.hook for c in CHAINS if c.table == table):
+        for hook in dict.fromkeys(c.hook for c in chains if c.table == table):
             listed = run(_ipt(tool, table, "-S", hook)).stdout.splitlines()
             lines += [line for line in listed if line.endswith(jumps)]
         for name in present:

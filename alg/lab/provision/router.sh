@@ -84,9 +84,11 @@ alg_status() {
 }
 
 alg_gateway_start() {
-    local ports=${HELPER_PORTS// /,}
+    local ports=${HELPER_PORTS// /,} config=()
+    # the daemon's config beside the router's state may declare FTPS ranges (rules_ftps.py)
+    [ -f "$DIR/ftp-alg.toml" ] && config=(--config "$DIR/ftp-alg.toml")
     touch "$DIR/ftp-alg-rules.applied"
-    "$FTP_ALG" rules apply --ports "$ports" || {
+    "$FTP_ALG" rules apply --ports "$ports" "${config[@]}" || {
         alg_gateway_stop
         die "ftp-alg rules apply --ports $ports failed"
     }
