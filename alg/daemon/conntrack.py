@@ -1,9 +1,10 @@
 """The kernel side of the core's questions: conntrack look-ups, expectations, seqadj records.
 
-`Kernel.lookup` answers which connection a queued packet belongs to (its tuples carry the NAT
-mapping; its seqadj records carry the offsets an earlier daemon or the active router wrote).
-`Kernel.reserve` creates the expectation itself, so the port written into a rewrite is one
-the kernel accepted: the proposed port first, then random ones when another session holds it.
+`ConntrackAdapter.lookup` answers which connection a queued packet belongs to (its tuples
+carry the NAT mapping; its seqadj records the offsets an earlier daemon or the active router
+wrote). `ConntrackAdapter.reserve` creates the expectation itself, so the port written into a
+rewrite is one the kernel accepted: the proposed port first, then random ones when another
+session holds it.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _record(adj: SeqAdj | None) -> SeqAdjRecord | None:
     return SeqAdjRecord(adj.correction_pos, adj.offset_before, adj.offset_after)
 
 
-class Kernel:
+class ConntrackAdapter:
     """Conntrack look-ups, expectations and seqadj writes for the core, with counters."""
 
     def __init__(

@@ -142,7 +142,7 @@ class FtpsRanges:
         self.counters[name] = self.counters.get(name, 0) + 1
 
     def on_report(self, report: Report) -> None:
-        """Called by the carrier for every report; acts on BLIND and SESSION_END."""
+        """Called by the executor for every report; acts on BLIND and SESSION_END."""
         if not self.ranges:
             return
         if report.kind is EventKind.BLIND:

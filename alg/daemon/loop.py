@@ -16,8 +16,8 @@ import time
 from typing import Any
 
 from alg.core import Gateway
-from alg.daemon.carry import Carrier
-from alg.daemon.conntrack import Kernel, to_key
+from alg.daemon.conntrack import ConntrackAdapter, to_key
+from alg.daemon.executor import Executor
 from alg.daemon.ftps import FtpsRanges
 from alg.daemon.metrics import Metrics
 from alg.daemon.queueflags import set_fail_open
@@ -36,10 +36,10 @@ class Daemon:
         self.settings = settings
         self.ct = Ctnetlink()
         low, high = settings.port_range
-        self.kernel = Kernel(self.ct, settings.port_tries, (low, high))
+        self.conntrack = ConntrackAdapter(self.ct, settings.port_tries, (low, high))
         self.gw = Gateway(settings.core)
-        self.carrier = Carrier(self.gw, self.kernel, time.monotonic)
-        self.carrier.ftps = FtpsRanges.from_settings(settings, self.gw, self.carrier.counters)
+        self.executor = Executor(self.gw, self.conntrack, time.monotonic)
+        self.executor.ftps = FtpsRanges.from_settings(settings, self.gw, self.executor.counters)
         # A taken port raises OSError here, which `ftp-alg run` reports as "cannot start".
         self.metrics = Metrics(settings.metrics_listen or None)
         self._metrics_due = 0.0
@@ -73,7 +73,7 @@ class Daemon:
             else:
                 pkt.accept()
             return
-        self.carrier.run(commands)
+        self.executor.run(commands)
 
     def status(self, ask_kernel: bool = True) -> dict[str, Any]:
         """The daemon's state. `ask_kernel`: count the kernel's expectations (a ctnetlink
@@ -83,7 +83,9 @@ class Daemon:
             "uptime": round(time.time() - self.started, 1),
             "sessions": self.gw.session_count,
             "held": self.gw.held_count,
-            "expectations": (self._kernel_expectations() if ask_kernel else len(self.kernel.owned)),
+            "expectations": (
+                self._kernel_expectations() if ask_kernel else len(self.conntrack.owned)
+            ),
             "queue": self.settings.queue_num,
             "queues": self.settings.queue_count,
             "control_ports": sorted(self.settings.core.control_ports),
@@ -91,8 +93,8 @@ class Daemon:
                 sorted(
                     {
                         **self.gw.counters,
-                        **self.kernel.counters,
-                        **self.carrier.counters,
+                        **self.conntrack.counters,
+                        **self.executor.counters,
                         **self.counters,
                     }.items()
                 )
@@ -158,9 +160,9 @@ class Daemon:
                     time.sleep(0.01)  # bounded: a persistent fault cannot spin the CPU
         finally:
             log.info("ftp-alg stopping: releasing held packets, withdrawing expectations")
-            self.carrier.run(self.gw.close(time.monotonic()))
-            self.carrier.ftps.close()
-            self.kernel.withdraw_all()
+            self.executor.run(self.gw.close(time.monotonic()))
+            self.executor.ftps.close()
+            self.conntrack.withdraw_all()
             for nfq in queues:
                 nfq.unbind()
             events.close()
@@ -192,7 +194,7 @@ class Daemon:
             status.serve(self.status())
         now = time.monotonic()
         if now >= self.gw.next_tick():
-            self.carrier.run(self.gw.tick(now))
+            self.executor.run(self.gw.tick(now))
 
     def _busy_poll(self, queues: list[Any]) -> None:
         """Poll the queue without sleeping for `busy_poll_us` after the last packet."""
@@ -213,7 +215,7 @@ class Daemon:
         port within TIME_WAIT (120 s) makes the kernel kill the old entry when the new SYN
         arrives; the event must not end the new session."""
         now = time.monotonic()
-        self.carrier.run(self.gw.forget(to_key(entry.original), now=now, conn_id=entry.id))
+        self.executor.run(self.gw.forget(to_key(entry.original), now=now, conn_id=entry.id))
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stop = True

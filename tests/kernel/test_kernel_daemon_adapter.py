@@ -9,7 +9,7 @@ import ipaddress
 import pytest
 
 from alg.core import DataExpectation, Dir, Found, Kind, SeqAdjRecord
-from alg.daemon.conntrack import Kernel, to_key
+from alg.daemon.conntrack import ConntrackAdapter, to_key
 from alg.kernel.ctnetlink import Ctnetlink, Tuple
 from tests.kernel.lab import INSIDE4, OUTSIDE4, ROUTER_OUT4, Lab
 
@@ -46,7 +46,7 @@ def test_an_ended_session_does_not_delete_a_newer_sessions_expectation(
         sock = lab.connect(lab.inside, OUTSIDE4, 21)
         src, sport = sock.getsockname()[:2]
         masters.append(Tuple(4, 6, src, OUTSIDE4, sport, 21))
-    kernel = Kernel(ct, tries=4, port_range=(50000, 60000))
+    kernel = ConntrackAdapter(ct, tries=4, port_range=(50000, 60000))
     first, second = _expectation(1, masters[0], 45000), _expectation(2, masters[1], 45000)
     assert kernel.reserve(first) == 45000
     expected = Tuple(4, 6, OUTSIDE4, ROUTER_OUT4, 0, 45000)
@@ -74,7 +74,7 @@ def _connect(lab: Lab) -> Tuple:
 def test_a_fixed_port_taken_by_another_session_is_not_replaced(lab: Lab, ct: Ctnetlink) -> None:
     """A forward (the announcer names its own public port) cannot move to another port."""
     master, other = _controls(lab, 2)
-    kernel = Kernel(ct, tries=4, port_range=(50000, 60000))
+    kernel = ConntrackAdapter(ct, tries=4, port_range=(50000, 60000))
     assert kernel.reserve(_expectation(1, master, 45001), fixed=True) == 45001
     assert kernel.reserve(_expectation(2, other, 45001), fixed=True) is None
     assert kernel.counters["expectation-port-taken"] == 1
@@ -87,7 +87,7 @@ def test_a_fixed_port_taken_by_another_session_is_not_replaced(lab: Lab, ct: Ctn
 def test_seqadj_record_is_written_and_read_back(lab: Lab, ct: Ctnetlink) -> None:
     """The record lives in conntrack: a daemon that knows nothing finds it by look-up."""
     (master,) = _controls(lab, 1)
-    kernel = Kernel(ct, tries=4, port_range=(50000, 60000))
+    kernel = ConntrackAdapter(ct, tries=4, port_range=(50000, 60000))
     key = to_key(master)
     found = kernel.lookup(key)
     assert isinstance(found, Found) and found.original == key and found.anchored
@@ -96,7 +96,9 @@ def test_seqadj_record_is_written_and_read_back(lab: Lab, ct: Ctnetlink) -> None
     assert kernel.write_seqadj(key, Dir.ORIGINAL, record)
     reply_record = SeqAdjRecord(1234, 0, -1)
     assert kernel.write_seqadj(key, Dir.REPLY, reply_record)
-    again = Kernel(ct, tries=4, port_range=(50000, 60000)).lookup(key)  # "after a restart"
+    again = ConntrackAdapter(ct, tries=4, port_range=(50000, 60000)).lookup(
+        key
+    )  # "after a restart"
     assert isinstance(again, Found)
     assert again.seqadj_original == record
     assert again.seqadj_reply == reply_record

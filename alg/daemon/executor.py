@@ -1,4 +1,4 @@
-"""Carrying out the core's commands: verdicts, kernel questions, seqadj writes, log lines.
+"""The executor of the core's commands: verdicts, kernel questions, seqadj writes, log lines.
 
 Queued packets are netfilterqueue Packet objects: a verdict may be given long after the
 callback returned (netfilterqueue keeps the Packet valid), so the core's handle is the object.
@@ -61,8 +61,8 @@ def log_report(report: Report) -> None:
     )
 
 
-class KernelSide(Protocol):
-    """What the carrier asks of the kernel (alg.daemon.conntrack.Kernel; a script in tests)."""
+class ConntrackSide(Protocol):
+    """What the executor asks of conntrack (ConntrackAdapter; a scripted kernel in tests)."""
 
     def lookup(self, key: FlowKey) -> Found | NotFound: ...
     def reserve(self, exp: DataExpectation, fixed: bool = False) -> int | None: ...
@@ -70,10 +70,10 @@ class KernelSide(Protocol):
     def withdraw(self, exp: DataExpectation) -> None: ...
 
 
-class Carrier:
+class Executor:
     """Runs the core's commands against the queue, the kernel and the log."""
 
-    def __init__(self, gw: Gateway, kernel: KernelSide, clock: Callable[[], float]) -> None:
+    def __init__(self, gw: Gateway, kernel: ConntrackSide, clock: Callable[[], float]) -> None:
         self.gw = gw
         self.kernel = kernel
         self.clock = clock

@@ -9,7 +9,7 @@ from typing import Any
 
 from alg.core import DataExpectation, Dir, FlowKey, Found, Gateway, NotFound, SeqAdjRecord
 from alg.core.packet import ACK, PSH, build
-from alg.daemon.carry import Carrier
+from alg.daemon.executor import Executor
 from tests.tcpsim import ip
 
 C, C_OUT, S = ip("192.168.0.1"), ip("192.168.15.5"), ip("198.51.100.2")
@@ -64,27 +64,27 @@ class FakeKernel:
         self.journal.entries.append(f"withdraw {exp.outside_port}")
 
 
-def _setup(**kernel: Any) -> tuple[Carrier, Journal, Gateway]:
+def _setup(**kernel: Any) -> tuple[Executor, Journal, Gateway]:
     journal = Journal()
     gw = Gateway()
-    return Carrier(gw, FakeKernel(journal, **kernel), lambda: 0.0), journal, gw
+    return Executor(gw, FakeKernel(journal, **kernel), lambda: 0.0), journal, gw
 
 
-def _feed(carrier: Carrier, journal: Journal, name: str, pkt: bytes) -> FakePacket:
+def _feed(executor: Executor, journal: Journal, name: str, pkt: bytes) -> FakePacket:
     packet = FakePacket(journal, name, pkt)
-    carrier.run(carrier.gw.packet(packet, pkt, 0.0))
+    executor.run(executor.gw.packet(packet, pkt, 0.0))
     return packet
 
 
-def _greet_and_port(carrier: Carrier, journal: Journal) -> FakePacket:
-    _feed(carrier, journal, "220", build(S, C, 21, 40000, 5000, 1000, ACK | PSH, b"220 hi\r\n"))
+def _greet_and_port(executor: Executor, journal: Journal) -> FakePacket:
+    _feed(executor, journal, "220", build(S, C, 21, 40000, 5000, 1000, ACK | PSH, b"220 hi\r\n"))
     port = build(C, S, 40000, 21, 1000, 5008, ACK | PSH, b"PORT 192,168,0,1,4,1\r\n")
-    return _feed(carrier, journal, "PORT", port)
+    return _feed(executor, journal, "PORT", port)
 
 
 def test_the_record_and_the_expectation_reach_the_kernel_before_the_verdict() -> None:
-    carrier, journal, _ = _setup()
-    sent = _greet_and_port(carrier, journal)
+    executor, journal, _ = _setup()
+    sent = _greet_and_port(executor, journal)
     assert journal.entries == [
         "lookup",
         "220 accepted",
@@ -98,37 +98,37 @@ def test_the_record_and_the_expectation_reach_the_kernel_before_the_verdict() ->
 
 def test_a_failing_command_costs_only_itself() -> None:
     """The seqadj write raises: counted and logged, and the packet still gets its verdict."""
-    carrier, journal, _ = _setup(fail_writes=True)
-    _greet_and_port(carrier, journal)
+    executor, journal, _ = _setup(fail_writes=True)
+    _greet_and_port(executor, journal)
     assert journal.entries[-2:] == ["PORT rewritten", "PORT accepted"]
-    assert carrier.counters["errors"] == 1
+    assert executor.counters["errors"] == 1
 
 
 def test_a_taken_port_is_refused_and_the_line_passes_unchanged() -> None:
-    carrier, journal, gw = _setup(taken={1025})
-    sent = _greet_and_port(carrier, journal)
+    executor, journal, gw = _setup(taken={1025})
+    sent = _greet_and_port(executor, journal)
     assert journal.entries[-2:] == ["reserve 1025", "PORT accepted"]
     assert b"PORT 192,168,0,1,4,1\r\n" in sent.payload
     assert gw.counters["refusal.no-port"] == 1
 
 
 def test_untracked_packets_pass() -> None:
-    carrier, journal, _ = _setup()
+    executor, journal, _ = _setup()
     junk = build(ip("203.0.113.1"), C, 21, 40001, 1, 1, ACK | PSH, b"227 (1,2,3,4,5,6)\r\n")
-    _feed(carrier, journal, "junk", junk)
+    _feed(executor, journal, "junk", junk)
     assert journal.entries == ["lookup", "junk accepted"]
 
 
 def test_a_verdict_that_fails_is_given_plainly() -> None:
     """set_payload raises (a netfilterqueue error): the packet is accepted as it came."""
-    carrier, journal, _ = _setup()
+    executor, journal, _ = _setup()
 
     class Broken(FakePacket):
         def set_payload(self, data: bytes) -> None:
             raise OSError("too large")
 
-    _feed(carrier, journal, "220", build(S, C, 21, 40000, 5000, 1000, ACK | PSH, b"220 hi\r\n"))
+    _feed(executor, journal, "220", build(S, C, 21, 40000, 5000, 1000, ACK | PSH, b"220 hi\r\n"))
     pkt = build(C, S, 40000, 21, 1000, 5008, ACK | PSH, b"PORT 192,168,0,1,4,1\r\n")
     broken = Broken(journal, "PORT", pkt)
-    carrier.run(carrier.gw.packet(broken, pkt, 0.0))
-    assert journal.entries[-1] == "PORT accepted" and carrier.counters["errors"] == 1
+    executor.run(executor.gw.packet(broken, pkt, 0.0))
+    assert journal.entries[-1] == "PORT accepted" and executor.counters["errors"] == 1
