@@ -41,9 +41,8 @@ Plain NAT cannot carry an active-mode session (vsftpd refuses the private PORT a
   idle_sessions[_tracked]             idle sessions held (and tracked by the daemon)
   idle_session_bytes                  daemon RSS growth per idle logged-in session
   idle_rss_before_bytes, ..._after_   its RSS around them
-  restart_sessions_survived           the fraction of sessions in progress (each with a
-                                      PORT rewrite behind it) whose next active LIST works
-                                      after the daemon was SIGKILLed and started again
+  restart_sessions_survived           sessions in progress (a PORT rewritten in each) whose
+                                      next LIST works after SIGKILL + start of the daemon
   rounds, elapsed_s
 
 vsftpd (not pyftpdlib) is the server: it is what real sites run, forks a process per session
@@ -212,29 +211,28 @@ class _Bench:
             f"{', '.join(tput)}"
         )
 
+    def held(self, workload: str, *flags: str) -> subprocess.Popen[str]:
+        """A probe that reports on stdout and waits for a line on stdin between steps."""
+        return subprocess.Popen(
+            self.argv(workload, *flags),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
     def idle(self, say: Any) -> None:
         """RSS growth of a fresh daemon per idle logged-in session."""
         self.switch("ftp-alg")
         assert self.daemon is not None
         plan, daemon = self.plan, self.daemon
         count = str(plan.idle_warm + plan.idle)
-        proc = subprocess.Popen(
-            self.argv("idle", "--count", count, "--step", str(plan.idle_warm)),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stdin is not None and proc.stdout is not None
+        proc = self.held("idle", "--count", count, "--step", str(plan.idle_warm))
+        assert proc.stdin is not None
         try:
             readings = []
             for _ in range(2):
-                ready, _, _ = select.select([proc.stdout], [], [], 300)
-                line = proc.stdout.readline() if ready else ""
-                if not line:
-                    proc.kill()  # silent for 300 s, or exited: either way its stderr says why
-                    err = proc.communicate()[1]
-                    raise backend.LabError(f"bench probe idle failed: {err.strip()}")
+                line = _line(proc, "idle")
                 time.sleep(0.5)  # let the daemon's last verdicts and any sweep pass
                 readings.append(
                     (json.loads(line)["open"], daemon.rss_bytes(), daemon.status()["sessions"])
@@ -257,24 +255,27 @@ class _Bench:
         say(f"  idle: {n1 - n0} sessions, RSS {rss0 >> 10} -> {rss1 >> 10} KiB")
 
 
+def _line(proc: subprocess.Popen[str], workload: str) -> str:
+    """The probe's next report; silent for 300 s or exited: its stderr says why."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 300)
+    line = proc.stdout.readline() if ready else ""
+    if not line:
+        proc.kill()
+        err = proc.communicate()[1]
+        raise backend.LabError(f"bench probe {workload} failed: {err.strip()}")
+    return line
+
+
 def _restart(bench: _Bench, say: Any) -> None:
     """Sessions in progress across a SIGKILL and start of the daemon: the fraction whose
     next active transfer completes (the kernel holds their offsets)."""
     bench.switch("ftp-alg")
     assert bench.daemon is not None
-    proc = subprocess.Popen(
-        bench.argv("survive", "--count", str(bench.plan.survive)),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
+    proc = bench.held("survive", "--count", str(bench.plan.survive))
+    assert proc.stdin is not None
     try:
-        ready, _, _ = select.select([proc.stdout], [], [], 300)
-        if not (ready and proc.stdout.readline()):
-            proc.kill()
-            raise backend.LabError(f"bench probe survive failed: {proc.communicate()[1]}")
+        _line(proc, "survive")
         os.kill(bench.daemon.pid, 9)
         backend.daemon(bench.prefix, "start", log=lambda _: None)
         bench.daemon = _Daemon(bench.prefix, bench.topo.router)
