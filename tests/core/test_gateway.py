@@ -6,7 +6,24 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alg.core import Config, DataExpectation, Dir, EventKind, Gateway, Kind, Report, Withdraw
+from alg.core import (
+    Accept,
+    Command,
+    Config,
+    DataExpectation,
+    Dir,
+    Drop,
+    EventKind,
+    Found,
+    Gateway,
+    Kind,
+    Lookup,
+    NotFound,
+    Report,
+    Reserve,
+    Reserved,
+    Withdraw,
+)
 from alg.core.packet import ACK, FIN, parse
 from tests.tcpsim import Link, Peer, build, ip, sack_option
 
@@ -335,16 +352,35 @@ def test_any_segmentation_gives_the_rewritten_stream_and_exact_acks(lines, data)
 @given(
     st.binary(max_size=60), st.integers(0, 0x1FF), st.binary(max_size=40), st.sampled_from([4, 6])
 )
-def test_arbitrary_packets_never_raise(payload: bytes, flags: int, options: bytes, v: int) -> None:
+def test_arbitrary_packets_each_get_one_verdict(
+    payload: bytes, flags: int, options: bytes, v: int
+) -> None:
+    """Arbitrary headers, truncated packets and bare payloads: the gateway never raises, and
+    every packet handed in gets exactly one Accept or Drop (look-ups answered either way)."""
     gw = Gateway()
     src, dst = (C, S) if v == 4 else (ip("fd00::1"), ip("fd00::2"))
     opts = options[: len(options) // 4 * 4]
+    verdicts: list[object] = []
+    handles: list[int] = []
+
+    def run(commands: list[Command]) -> None:
+        for cmd in commands:
+            if isinstance(cmd, Accept | Drop):
+                verdicts.append(cmd.handle)
+            elif isinstance(cmd, Lookup):
+                found = Found(cmd.key, cmd.key, (cmd.key[2], cmd.key[3], cmd.key[0], cmd.key[1]))
+                run(gw.answer(found if len(handles) % 2 else NotFound(cmd.key), 0.0))
+            elif isinstance(cmd, Reserve):
+                run(gw.answer(Reserved(cmd.proposal.session, None), 0.0))
+
     for sport, dport in ((40000, 21), (21, 40000)):
         pkt = build(src, dst, sport, dport, 1, 2, flags & 0xFF, payload, opts)
-        gw.packet(1, pkt, 0.0)
-        gw.packet(2, pkt[: len(pkt) // 2], 0.0)
-        gw.packet(3, payload, 0.0)
-    gw.tick(100.0)
+        for data in (pkt, pkt[: len(pkt) // 2], payload):
+            handles.append(len(handles))
+            run(gw.packet(handles[-1], data, 0.0))
+    run(gw.tick(100.0))
+    run(gw.close(100.0))
+    assert sorted(verdicts) == handles  # type: ignore[type-var]
 
 
 def test_psh_flag_is_irrelevant() -> None:

@@ -166,9 +166,19 @@ def test_eprt_v6_roundtrip(addr: bytes, port: int, d: str) -> None:
 
 @given(st.binary(max_size=80))
 def test_arbitrary_lines_raise_only_malformed(tail: bytes) -> None:
+    """Any line either parses into a valid address and port whose span lies in the line, or
+    is refused as Malformed; nothing else escapes."""
+    found: list[tuple[bytes, HostPort | None]] = []
     for head in (b"PORT ", b"EPRT ", b"LPRT ", b"EPRT", b""):
         with contextlib.suppress(Malformed):
-            parse_command(head + tail)
+            found.append((head + tail, parse_command(head + tail)))
     for code in (b"227", b"228", b"229"):
         with contextlib.suppress(Malformed):
-            parse_reply(code, code + b" " + tail)
+            line = code + b" " + tail
+            found.append((line, parse_reply(code, line)))
+    for line, hp in found:
+        if hp is None:
+            continue
+        assert 0 <= hp.start <= hp.end <= len(line)
+        assert 1 <= hp.port <= 65535
+        assert hp.addr is None or len(hp.addr) in (4, 16)
