@@ -1,8 +1,8 @@
 """`ftp-alg lab ...`: the namespace lab from the command line.
 
-up / down / status / exec / gateway / failover / demo / bench. Each handler returns an exit status; a
-LabError becomes a one-line message and status 1, since the lab's users want the reason, not a
-trace.
+up / down / status / exec / gateway / failover / demo / bench. Each handler returns an exit
+status; a LabError becomes a one-line message and status 1, since the lab's users want the
+reason, not a trace.
 """
 
 from __future__ import annotations

@@ -146,10 +146,10 @@ class Topology:
         me = self.nodes[node]
         env.update(LAB_NODE=me.name, LAB_ROLE=me.role, LAB_ROUTE_VIA_IPV4="", LAB_ROUTE_VIA_IPV6="")
         if me.route_via is not None:
-            net = self.shared_network(node, me.route_via)
+            shared = self.shared_network(node, me.route_via)
             # with two routers, the route goes via the address that moves at failover
-            via = self.virtual(net) if me.route_via in self.routers else None
-            via = via or self.nodes[me.route_via].interfaces[net]
+            via = self.virtual(shared) if me.route_via in self.routers else None
+            via = via or self.nodes[me.route_via].interfaces[shared]
             env.update(LAB_ROUTE_VIA_IPV4=via.ipv4, LAB_ROUTE_VIA_IPV6=via.ipv6)
         return env
 

@@ -103,7 +103,7 @@ ha_addresses() {
             ip -6 addr replace "$v6/${len6#*/}" dev "$if4" nodad
             # gratuitous ARP: the neighbours learn the new owner of the address at once
             if command -v arping >/dev/null; then
-                arping -q -U -c 1 -w 1 -i "$if4" -S "$v4" "$v4" >/dev/null 2>&1 || true
+                arping -q -U -c 1 -w 0 -i "$if4" -S "$v4" "$v4" >/dev/null 2>&1 || true
             fi
         else
             ip addr del "$v4/${len4#*/}" dev "$if4" 2>/dev/null || true
