@@ -141,14 +141,16 @@ def _wire(record: state.LabRecord, topo: Topology, log: Log) -> None:
 
 def script_env(record: state.LabRecord, topo: Topology, node: str) -> dict[str, str]:
     venv_bin = Path(sys.executable).parent
-    return {
+    env = {
         "PATH": f"{venv_bin}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
         **topo.env_for(node),
         "LAB_STATE_DIR": str(state.lab_dir(record.prefix)),
         "LAB_PYTHON": sys.executable,
         "LAB_FTP_ALG": str(venv_bin / "ftp-alg"),
-        "LAB_HA_ACTIVE": ha.active_router(record.prefix, topo),
     }
+    if topo.ha is not None:  # which router claims the virtual addresses at `up`
+        env["LAB_HA_ACTIVE"] = ha.active_router(record.prefix, topo)
+    return env
 
 
 def provision(record: state.LabRecord, topo: Topology, node: str, args: Sequence[str]) -> str:
