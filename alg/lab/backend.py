@@ -150,6 +150,7 @@ def script_env(record: state.LabRecord, topo: Topology, node: str) -> dict[str, 
     }
     if topo.ha is not None:  # which router claims the virtual addresses at `up`
         env["LAB_HA_ACTIVE"] = ha.active_router(record.prefix, topo)
+        env["LAB_HA_KEEPALIVED"] = os.environ.get("LAB_HA_KEEPALIVED", "1")  # 0: by hand
     return env
 
 
@@ -296,7 +297,10 @@ def failover(prefix: str = DEFAULT_PREFIX, *, log: Log = _stderr) -> ha.Failover
     def run(node: str, args: list[str]) -> str:
         return provision(record, topo, node, args)
 
-    return ha.failover(prefix, topo, record.namespaces, run, log)
+    try:
+        return ha.failover(prefix, topo, record.namespaces, run, log)
+    except TimeoutError as exc:
+        raise LabError(str(exc)) from exc
 
 
 def exec_env(record: state.LabRecord, topo: Topology, node: str) -> dict[str, str]:

@@ -41,6 +41,7 @@ def _failover(args: argparse.Namespace) -> int:
     print(f"active {result.active}")
     print(f"crash_seconds {result.crash_s:.3f}")
     print(f"takeover_seconds {result.takeover_s:.3f}")
+    print(f"keepalived {int(result.keepalived)}")
     return 0
 
 

@@ -1,5 +1,7 @@
 """The failover lab's own parts: a switch for networks with more than two members, which
-router is active, and `failover` (crash the active router, let the standby take over).
+router is active, and `failover` (crash the active router, let the standby take over: its
+keepalived notices the silence, takes the addresses and runs the notify script that commits
+conntrackd's cache; without keepalived the lab does the same by hand).
 
 A VM lab gets its switch from the hypervisor's private networks; in namespaces the switch is a
 bridge per network in its own namespace (`<prefix>-sw`), so that a router's links can go down
@@ -12,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from alg.lab import netns, state
 from alg.lab.topology import Topology
@@ -58,7 +61,8 @@ class Failover:
     failed: str
     active: str
     crash_s: float
-    takeover_s: float
+    takeover_s: float  # from the crash's end to the standby's commit done (and caches flushed)
+    keepalived: bool
 
     @property
     def total_s(self) -> float:
@@ -79,18 +83,41 @@ def failover(
         raise ValueError("this lab has one router: build it with `ftp-alg lab up --ha`")
     failed = active_router(prefix, topo)
     standby = next(r for r in topo.routers if r != failed)
+    standby_dir = state.node_dir(prefix, standby)
+    vrrp = any(
+        p.name == "keepalived" and p.running
+        for p in state.processes(prefix, standby, netns.NETNS_DIR / spaces[standby])
+    )
     t0 = time.monotonic()
     provision(failed, ["crash"])
-    t1 = time.monotonic()
-    provision(standby, ["takeover"])
+    t1, since = time.monotonic(), time.time()
+    if vrrp:
+        _wait_master(standby_dir / "ha-state", since, standby)
+    else:
+        provision(standby, ["takeover"])
     for node in topo.nodes:
         if node not in topo.routers:
             netns.run(["ip", "-n", spaces[node], "neigh", "flush", "all"], check=False)
     t2 = time.monotonic()
     set_active(prefix, standby)
-    result = Failover(failed, standby, t1 - t0, t2 - t1)
+    result = Failover(failed, standby, t1 - t0, t2 - t1, vrrp)
+    how = "keepalived" if vrrp else "by hand"
     log(
         f"lab '{prefix}': {failed} crashed ({result.crash_s:.2f} s), {standby} took over "
-        f"({result.takeover_s:.2f} s)"
+        f"({how}, {result.takeover_s:.2f} s)"
     )
     return result
+
+
+def _wait_master(ha_state: Path, since: float, standby: str, limit: float = 15) -> None:
+    """Until the standby's notify script recorded "master" after `since` (wall clock)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            word, stamp = ha_state.read_text().split()
+            if word == "master" and float(stamp) >= since:
+                return
+        except (FileNotFoundError, ValueError):
+            pass
+        time.sleep(0.02)
+    raise TimeoutError(f"{standby} did not take over within {limit:.0f} s (see its logs/)")

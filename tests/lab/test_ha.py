@@ -36,7 +36,8 @@ QUIET = {"log": lambda _: None}
 
 
 def _lab(gateway: str) -> Iterator[LabHandle]:
-    reason = unavailable() or (None if shutil.which("conntrackd") else "no conntrackd")
+    needed = [t for t in ("conntrackd", "keepalived") if shutil.which(t) is None]
+    reason = unavailable() or (f"the failover lab needs {', '.join(needed)}" if needed else None)
     if reason:
         pytest.skip(reason)
     backend.up(PREFIX, gateway, with_ha=True, replace=True, log=lambda _: None)
@@ -54,6 +55,13 @@ def alg_pair() -> Iterator[LabHandle]:
 @pytest.fixture
 def kernel_pair() -> Iterator[LabHandle]:
     yield from _lab("kernel")
+
+
+@pytest.fixture
+def alg_pair_by_hand(monkeypatch: pytest.MonkeyPatch) -> Iterator[LabHandle]:
+    """No keepalived: the lab's own takeover step claims the addresses."""
+    monkeypatch.setenv("LAB_HA_KEEPALIVED", "0")
+    yield from _lab("ftp-alg")
 
 
 def served_sha(lab: LabHandle, node: str = "server") -> str:
@@ -90,16 +98,24 @@ def entry(lab: LabHandle, router: str, seen: Tuple) -> Conntrack | None:
         return ct.get_conntrack(seen)
 
 
-def failover(lab: LabHandle) -> ha.Failover:
+def failover(lab: LabHandle, vrrp: bool = True) -> ha.Failover:
     result = backend.failover(lab.prefix, **QUIET)
-    assert (result.failed, result.active) == ("router", "router2")
+    assert (result.failed, result.active, result.keepalived) == ("router", "router2", vrrp)
     assert backend.status(lab.prefix)["active_router"] == "router2"
     return result
 
 
 @pytest.mark.parametrize("family", [4, 6], ids=["v4", "v6"])
 def test_ftp_alg_session_goes_on_through_the_standby(alg_pair: LabHandle, family: int) -> None:
-    lab, want = alg_pair, served_sha(alg_pair)
+    session_goes_on(alg_pair, family, vrrp=True)
+
+
+def test_same_with_a_takeover_by_hand(alg_pair_by_hand: LabHandle) -> None:
+    session_goes_on(alg_pair_by_hand, 4, vrrp=False)
+
+
+def session_goes_on(lab: LabHandle, family: int, vrrp: bool) -> None:
+    want = served_sha(lab)
     ftp = connect(lab, "client", OUTSIDE[family])
     # PORT 192,168,77,10 -> 198,51,100,1 (EPRT ...::10 -> ...::1): one byte shorter
     assert sha(lab, "client", ftp, passive=False) == want
@@ -109,7 +125,7 @@ def test_ftp_alg_session_goes_on_through_the_standby(alg_pair: LabHandle, family
     assert active.seqadj_original.offset_after == -1
     assert entry(lab, "router2", seen) is None  # only in conntrackd's cache until the commit
     t0 = time.monotonic()
-    failover(lab)
+    failover(lab, vrrp)
     assert ftp.voidcmd("NOOP").startswith("200")  # the same control connection
     interrupted = time.monotonic() - t0
     standby = entry(lab, "router2", seen)

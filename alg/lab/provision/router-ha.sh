@@ -4,16 +4,23 @@
 # virtual addresses the active router holds, a crash that kills the box's daemons and links,
 # and the standby's takeover.
 #
-#   router.sh up MODE     also starts conntrackd; the active router claims the virtual addresses
-#   router.sh crash       SIGKILL ftp-alg and conntrackd, then every link down (a dead box sends
-#                         no DESTROY events, so the standby's cache keeps every connection)
-#   router.sh takeover    claim the virtual addresses, announce them, commit conntrackd's cache
+#   router.sh up MODE     also starts conntrackd and keepalived (keepalived.sh), which gives the
+#                         active router the virtual addresses
+#   router.sh crash       SIGKILL keepalived, ftp-alg and conntrackd, then every link down (a
+#                         dead box sends no DESTROY events, so the standby's cache keeps every
+#                         connection, and no VRRP resignation)
+#   router.sh notify STATE  keepalived's notify script: on "master", commit conntrackd's cache
 #                         (connections, then expectations) and, under ftp-alg, repair the
 #                         expectations conntrackd recreated without their NAT part
+#   router.sh takeover    the same by hand, addresses included, where keepalived is missing or
+#                         LAB_HA_KEEPALIVED=0
 #
-# LAB_HA_ACTIVE (set by the backend to the active router's name) decides who claims at `up`.
+# LAB_HA_ACTIVE (set by the backend to the active router's name) decides who is MASTER at `up`.
 
 ha_on() { [ -n "${LAB_HA_ROUTERS:-}" ]; }
+use_keepalived() { [ "${LAB_HA_KEEPALIVED:-1}" = 1 ] && command -v keepalived >/dev/null; }
+# shellcheck source=keepalived.sh
+. "$here/keepalived.sh"
 
 ha_peer() {
     local r
@@ -114,13 +121,18 @@ ha_addresses() {
 
 ha_up() {
     conntrackd_start
-    if [ "${LAB_HA_ACTIVE:-}" = "$LAB_NODE" ]; then
+    if use_keepalived; then
+        keepalived_start
+    elif [ "${LAB_HA_ACTIVE:-}" = "$LAB_NODE" ]; then
         ha_addresses add
-        log "active: holds the virtual addresses"
+        echo "master $(date +%s.%N)" >"$DIR/ha-state"
     fi
+    [ "${LAB_HA_ACTIVE:-}" = "$LAB_NODE" ] && log "active: holds the virtual addresses"
+    return 0
 }
 
 ha_down() {
+    stop_bg keepalived
     stop_bg conntrackd
     rm -f "$DIR/conntrackd.lock" "$DIR/conntrackd.ctl"
 }
@@ -137,6 +149,7 @@ kill_bg() {
 
 crash() {
     local ifc
+    keepalived_crash
     kill_bg ftp-alg
     kill_bg conntrackd
     for ifc in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1); do
@@ -146,8 +159,21 @@ crash() {
 }
 
 takeover() {
-    local i mode
     ha_addresses add
+    ha_commit
+}
+
+# notify STATE: what keepalived calls; ha-state records the last state and when it was reached
+notify() {
+    case "$1" in
+        master) ha_commit ;;
+        backup | fault) echo "$1 $(date +%s.%N)" >"$DIR/ha-state" ;;
+        *) die "usage: $0 notify master|backup|fault" ;;
+    esac
+}
+
+ha_commit() {
+    local i mode
     ctd -c || die "conntrackd -c (commit) failed"
     # the commit of the connections runs on in a child: the expectations' commit is refused
     # until it is done, so it is retried (bounded)
@@ -160,5 +186,6 @@ takeover() {
     if [ "$mode" = ftp-alg ]; then
         "$FTP_ALG" ha repair-expectations || log "warning: expectation repair failed"
     fi
-    log "took over: virtual addresses held, conntrackd cache committed"
+    echo "master $(date +%s.%N)" >"$DIR/ha-state"
+    log "took over: conntrackd cache committed"
 }

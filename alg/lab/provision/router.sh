@@ -187,5 +187,6 @@ case "${1:-up}" in
     down) down ;;
     crash) crash ;;
     takeover) takeover ;;
-    *) die "usage: $0 up [MODE] | gateway MODE | daemon start|stop | crash | takeover | down" ;;
+    notify) notify "${2:-}" ;;
+    *) die "usage: $0 up [MODE] | gateway MODE | daemon start|stop | crash | takeover | notify STATE | down" ;;
 esac
