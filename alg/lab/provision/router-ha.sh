@@ -172,9 +172,13 @@ notify() {
     esac
 }
 
+# ms A B: milliseconds from A to B, both values of $EPOCHREALTIME
+ms() { echo $(((${2/./} - ${1/./}) / 1000)); }
+
 ha_commit() {
-    local i mode
+    local i mode t0=$EPOCHREALTIME t1 t2
     ctd -c || die "conntrackd -c (commit) failed"
+    t1=$EPOCHREALTIME
     # the commit of the connections runs on in a child: the expectations' commit is refused
     # until it is done, so it is retried (bounded)
     for ((i = 0; i < 50; i++)); do
@@ -182,10 +186,12 @@ ha_commit() {
         sleep 0.1
     done
     ((i < 50)) || log "warning: conntrackd -c expect was refused"
+    t2=$EPOCHREALTIME
     mode=$(cat "$DIR/gateway-mode" 2>/dev/null || echo none)
     if [ "$mode" = ftp-alg ]; then
         "$FTP_ALG" ha repair-expectations || log "warning: expectation repair failed"
     fi
     echo "master $(date +%s.%N)" >"$DIR/ha-state"
-    log "took over: conntrackd cache committed"
+    log "took over: commit $(ms "$t0" "$t1") ms, expectations $(ms "$t1" "$t2") ms" \
+        "($((i + 1)) tries), repair $(ms "$t2" "$EPOCHREALTIME") ms"
 }
