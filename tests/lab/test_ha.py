@@ -15,6 +15,8 @@ import hashlib
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -216,15 +218,26 @@ def test_kernel_helper_session_stalls_after_failover(kernel_pair: LabHandle) -> 
     fresh.quit()
 
 
-def test_status_and_down_cover_both_routers(alg_pair: LabHandle) -> None:
+def test_status_failover_command_and_down_cover_both_routers(alg_pair: LabHandle) -> None:
     lab = alg_pair
     info = backend.status(lab.prefix)
     assert info["active_router"] == "router" and info["router_public"] == PUBLIC
     for router in ("router", "router2"):
         procs = info["nodes"][router]["processes"]
         assert procs["ftp-alg"]["running"] and procs["conntrackd"]["running"]
-    failover(lab)
+        assert procs["keepalived"]["running"]
+    done = subprocess.run(
+        [sys.executable, "-m", "alg.cli", "lab", "failover", "--prefix", lab.prefix],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    figures = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert figures["failed"] == "router" and figures["active"] == "router2"
+    assert float(figures["takeover_seconds"]) < 15 and figures["keepalived"] == "1"
     info = backend.status(lab.prefix)
+    assert info["active_router"] == "router2"
     assert not info["nodes"]["router"]["processes"]["ftp-alg"]["running"]
     assert info["nodes"]["router2"]["processes"]["ftp-alg"]["running"]
     backend.down(lab.prefix, **QUIET)
