@@ -13,6 +13,7 @@ _COMMAND_MODULES = (
     "alg.replay.command",
     "alg.bench",
     "alg.daemon.command",
+    "alg.daemon.ha",
     "alg.kernel.rules_command",
     "alg.lab.command",
     "alg.doctor.command",

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from alg.daemon.settings import CONFIG_ENV, STATUS_SOCKET_ENV
-from alg.lab import netns, state
-from alg.lab.topology import DEFAULT_PATH, Topology, load
+from alg.lab import ha, netns, state
+from alg.lab.topology import DEFAULT_PATH, HA_PATH, Topology, load
 
 PROVISION_DIR = Path(__file__).with_name("provision")
 SCRIPTS = {"router": "router.sh", "ftp-server": "ftp-server.sh", "client": "client.sh"}
@@ -75,7 +75,7 @@ def _order(topo: Topology) -> list[str]:
 
 def is_up(prefix: str, topo: Topology | None = None) -> bool:
     """A lab exists if its record or any of its namespaces does (even half-built)."""
-    nodes = (topo or load()).nodes
+    nodes = [*(topo or load()).nodes, ha.SWITCH]
     return state.load(prefix) is not None or any(netns.exists(namespace(prefix, n)) for n in nodes)
 
 
@@ -85,11 +85,15 @@ def up(
     *,
     topology_path: Path = DEFAULT_PATH,
     replace: bool = False,
+    with_ha: bool = False,
     log: Log = _stderr,
 ) -> None:
-    """Build and provision the lab. An existing lab of the same prefix is an error unless
-    `replace`, which tears it down first. A failure half-way tears down what was built."""
+    """Build and provision the lab (`with_ha`: the two-router failover lab of
+    topology-ha.json). An existing lab of the same prefix is an error unless `replace`, which
+    tears it down first. A failure half-way tears down what was built."""
     _require_root()
+    if with_ha and topology_path == DEFAULT_PATH:
+        topology_path = HA_PATH
     if gateway not in GATEWAY_MODES:
         raise LabError(f"unknown gateway mode {gateway!r} (one of {', '.join(GATEWAY_MODES)})")
     topo = load(topology_path)
@@ -113,16 +117,21 @@ def up(
         log(f"lab '{prefix}': up failed, tearing down what was built")
         down(prefix, log=log)
         raise
-    log(f"lab '{prefix}' is up, gateway: {gateway}")
+    routers = f", routers {' and '.join(topo.routers)}" if topo.ha else ""
+    log(f"lab '{prefix}' is up, gateway: {gateway}{routers}")
 
 
 def _wire(record: state.LabRecord, topo: Topology, log: Log) -> None:
     for ns in record.namespaces.values():
         netns.add(ns)
     for net in topo.networks.values():
-        a, b = topo.members(net.name)
-        netns.veth(record.namespaces[a], net.name, record.namespaces[b], net.name)
-        for node in (a, b):
+        members = topo.members(net.name)
+        if len(members) == 2:
+            a, b = members
+            netns.veth(record.namespaces[a], net.name, record.namespaces[b], net.name)
+        else:
+            ha.wire_switched(record.prefix, record.namespaces, topo, net.name)
+        for node in members:
             addr = topo.nodes[node].interfaces[net.name]
             ns = record.namespaces[node]
             netns.address(ns, net.name, f"{addr.ipv4}/{net.ipv4.prefixlen}")
@@ -132,13 +141,17 @@ def _wire(record: state.LabRecord, topo: Topology, log: Log) -> None:
 
 def script_env(record: state.LabRecord, topo: Topology, node: str) -> dict[str, str]:
     venv_bin = Path(sys.executable).parent
-    return {
+    env = {
         "PATH": f"{venv_bin}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
         **topo.env_for(node),
         "LAB_STATE_DIR": str(state.lab_dir(record.prefix)),
         "LAB_PYTHON": sys.executable,
         "LAB_FTP_ALG": str(venv_bin / "ftp-alg"),
     }
+    if topo.ha is not None:  # which router claims the virtual addresses at `up`
+        env["LAB_HA_ACTIVE"] = ha.active_router(record.prefix, topo)
+        env["LAB_HA_KEEPALIVED"] = os.environ.get("LAB_HA_KEEPALIVED", "1")  # 0: by hand
+    return env
 
 
 def provision(record: state.LabRecord, topo: Topology, node: str, args: Sequence[str]) -> str:
@@ -156,12 +169,13 @@ def provision(record: state.LabRecord, topo: Topology, node: str, args: Sequence
 
 
 def set_gateway(prefix: str, mode: str, *, log: Log = _stderr) -> None:
-    """Switch the router's gateway on a running lab (flushes the router's conntrack table)."""
+    """Switch the routers' gateway on a running lab (flushes their conntrack tables)."""
     _require_root()
     if mode not in GATEWAY_MODES:
         raise LabError(f"unknown gateway mode {mode!r} (one of {', '.join(GATEWAY_MODES)})")
     record, topo = lab_record(prefix)
-    provision(record, topo, topo.router, ["gateway", mode])
+    for router in topo.routers:
+        provision(record, topo, router, ["gateway", mode])
     log(f"lab '{prefix}': gateway {mode}")
 
 
@@ -172,7 +186,7 @@ def daemon(prefix: str, action: str, *, log: Log = _stderr) -> None:
     if action not in ("start", "stop"):
         raise LabError(f"unknown daemon action {action!r} (start or stop)")
     record, topo = lab_record(prefix)
-    provision(record, topo, topo.router, ["daemon", action])
+    provision(record, topo, ha.active_router(prefix, topo), ["daemon", action])
     log(f"lab '{prefix}': ftp-alg daemon {action}")
 
 
@@ -193,6 +207,7 @@ def down(prefix: str = DEFAULT_PREFIX, *, log: Log = _stderr) -> None:
         # process, a shell from `lab exec`) and would keep the namespace alive.
         _terminate(netns.pids(ns), ns, log)
         netns.delete(ns)
+    netns.delete(ha.switch_namespace(prefix))  # only bridges in it: nothing runs there
     state.remove(prefix)
     log(f"lab '{prefix}' is down")
 
@@ -243,6 +258,7 @@ def status(prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
         "prefix": prefix,
         "up": record is not None and all(n["exists"] for n in nodes.values()),
         "gateway": state.gateway_mode(prefix, topo.router),
+        "active_router": ha.active_router(prefix, topo),
         "router_public": topo.public.ipv4,
         "router_public_v6": topo.public.ipv6,
         "outside_server": outside.ipv4,
@@ -271,6 +287,22 @@ def exec_in(prefix: str, node: str, argv: Sequence[str]) -> int:
     ).returncode
 
 
+def failover(prefix: str = DEFAULT_PREFIX, *, log: Log = _stderr) -> ha.Failover:
+    """Crash the active router and let the standby take over (the failover lab only)."""
+    _require_root()
+    record, topo = lab_record(prefix)
+    if topo.ha is None:
+        raise LabError(f"lab '{prefix}' has one router: build it with `ftp-alg lab up --ha`")
+
+    def run(node: str, args: list[str]) -> str:
+        return provision(record, topo, node, args)
+
+    try:
+        return ha.failover(prefix, topo, record.namespaces, run, log)
+    except TimeoutError as exc:
+        raise LabError(str(exc)) from exc
+
+
 def exec_env(record: state.LabRecord, topo: Topology, node: str) -> dict[str, str]:
     """The caller's environment, with this checkout's `ftp-alg` first on PATH and, on the
     router, the lab daemon's status socket and config named, so that `ftp-alg status` and
@@ -278,7 +310,7 @@ def exec_env(record: state.LabRecord, topo: Topology, node: str) -> dict[str, st
     no config file, never the host's /etc one)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/sbin:/usr/bin')}"
-    if node == topo.router:
+    if node in topo.routers:
         here = state.node_dir(record.prefix, node)
         config = here / "ftp-alg.toml"
         env[STATUS_SOCKET_ENV] = str(here / "ftp-alg-status.sock")

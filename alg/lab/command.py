@@ -1,8 +1,8 @@
 """`ftp-alg lab ...`: the namespace lab from the command line.
 
-up / down / status / exec / gateway / demo / bench. Each handler returns an exit status; a
-LabError becomes a one-line message and status 1, since the lab's users want the reason, not a
-trace.
+up / down / status / exec / gateway / failover / demo / bench. Each handler returns an exit
+status; a LabError becomes a one-line message and status 1, since the lab's users want the
+reason, not a trace.
 """
 
 from __future__ import annotations
@@ -31,7 +31,17 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
 
 
 def _up(args: argparse.Namespace) -> int:
-    backend.up(args.prefix, args.gateway, replace=args.replace)
+    backend.up(args.prefix, args.gateway, replace=args.replace, with_ha=args.ha)
+    return 0
+
+
+def _failover(args: argparse.Namespace) -> int:
+    result = backend.failover(args.prefix)
+    print(f"failed {result.failed}")
+    print(f"active {result.active}")
+    print(f"crash_seconds {result.crash_s:.3f}")
+    print(f"takeover_seconds {result.takeover_s:.3f}")
+    print(f"keepalived {int(result.keepalived)}")
     return 0
 
 
@@ -118,6 +128,17 @@ def register(subparsers: Any) -> None:
     p = add("up", _up, "build the lab and start its FTP servers")
     p.add_argument("--gateway", choices=backend.GATEWAY_MODES, default="none")
     p.add_argument("--replace", action="store_true", help="tear down a lab of this prefix first")
+    p.add_argument(
+        "--ha",
+        action="store_true",
+        help="two routers (conntrackd over a sync link, SNAT to a shared public address)",
+    )
+    add(
+        "failover",
+        _failover,
+        "crash the active router of an --ha lab; the standby takes the addresses and commits "
+        "conntrackd's cache",
+    )
     add("down", _down, "stop the lab's processes and delete its namespaces and state")
     p = add("status", _status, "addresses, namespaces, gateway and processes of the lab")
     p.add_argument("--json", action="store_true")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_PATH = Path(__file__).with_name("topology.json")
+HA_PATH = Path(__file__).with_name("topology-ha.json")  # two routers: `lab up --ha`
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # must survive upper-casing into a shell variable
 
 
@@ -50,6 +51,21 @@ class Topology:
     nodes: dict[str, Node]
     nat: dict[str, Any]
     ftp: dict[str, Any]
+    ha: dict[str, Any] | None = None  # routers, sync_network, virtual: see topology-ha.json
+
+    @property
+    def routers(self) -> list[str]:
+        """The router nodes, the initially active one first."""
+        if self.ha is None:
+            return [self.router]
+        return [str(r) for r in self.ha["routers"]]
+
+    def virtual(self, network: str) -> Address | None:
+        """The address the active router holds on `network` (HA only), or None."""
+        if self.ha is None or network not in self.ha["virtual"]:
+            return None
+        v = self.ha["virtual"][network]
+        return Address(str(v["ipv4"]), str(v["ipv6"]))
 
     def members(self, network: str) -> list[str]:
         """The nodes with an interface on `network`, in file order."""
@@ -67,8 +83,10 @@ class Topology:
 
     @property
     def public(self) -> Address:
-        """The router's address on the public network: what outside clients connect to."""
-        return self.nodes[self.router].interfaces[str(self.nat["public_network"])]
+        """The router's address on the public network: what outside clients connect to (with
+        two routers, the shared address the active one holds)."""
+        public = str(self.nat["public_network"])
+        return self.virtual(public) or self.nodes[self.router].interfaces[public]
 
     @property
     def inside(self) -> Address:
@@ -119,10 +137,19 @@ class Topology:
         for section, values in (("NAT", self.nat), ("FTP", self.ftp)):
             for key, value in values.items():
                 env[f"LAB_{section}_{key.upper()}"] = _shell_value(value)
+        if self.ha is not None:
+            env["LAB_HA_ROUTERS"] = " ".join(self.routers)
+            env["LAB_HA_SYNC_NETWORK"] = str(self.ha["sync_network"])
+            for net_name, v in self.ha["virtual"].items():
+                env[f"LAB_HA_VIRTUAL_{net_name.upper()}_IPV4"] = str(v["ipv4"])
+                env[f"LAB_HA_VIRTUAL_{net_name.upper()}_IPV6"] = str(v["ipv6"])
         me = self.nodes[node]
         env.update(LAB_NODE=me.name, LAB_ROLE=me.role, LAB_ROUTE_VIA_IPV4="", LAB_ROUTE_VIA_IPV6="")
         if me.route_via is not None:
-            via = self.nodes[me.route_via].interfaces[self.shared_network(node, me.route_via)]
+            shared = self.shared_network(node, me.route_via)
+            # with two routers, the route goes via the address that moves at failover
+            via = self.virtual(shared) if me.route_via in self.routers else None
+            via = via or self.nodes[me.route_via].interfaces[shared]
             env.update(LAB_ROUTE_VIA_IPV4=via.ipv4, LAB_ROUTE_VIA_IPV6=via.ipv6)
         return env
 
@@ -156,7 +183,8 @@ def load(path: Path = DEFAULT_PATH) -> Topology:
             )
             for name, n in raw["nodes"].items()
         }
-        topo = Topology(networks, nodes, dict(raw["nat"]), dict(raw["ftp"]))
+        ha = dict(raw["ha"]) if raw.get("ha") is not None else None
+        topo = Topology(networks, nodes, dict(raw["nat"]), dict(raw["ftp"]), ha)
     except (KeyError, TypeError, ValueError) as exc:
         raise TopologyError(f"{path}: {exc!r}") from exc
     _check(topo)
@@ -179,8 +207,31 @@ def _check(topo: Topology) -> None:
         if node.route_via is not None and node.route_via not in topo.nodes:
             raise TopologyError(f"node {node.name!r}: route_via {node.route_via!r} unknown")
     for net in topo.networks:
-        if len(topo.members(net)) != 2:
+        members = len(topo.members(net))
+        if members < 2 or (members > 2 and topo.ha is None):
             raise TopologyError(f"network {net!r} must join exactly two nodes (one link)")
+    if topo.ha is not None:
+        _check_ha(topo, topo.ha)
     for key in ("router", "forward_node"):
         if topo.nat.get(key) not in topo.nodes:
             raise TopologyError(f"nat.{key} names no node")
+
+
+def _check_ha(topo: Topology, ha: dict[str, Any]) -> None:
+    """Two router nodes, a sync network joining just them, virtual addresses in their nets."""
+    routers = ha.get("routers")
+    if not isinstance(routers, list) or len(routers) != 2 or topo.router not in routers:
+        raise TopologyError("ha.routers must list two nodes, nat.router among them")
+    for r in routers:
+        if r not in topo.nodes or topo.nodes[r].role != "router":
+            raise TopologyError(f"ha.routers: {r!r} is not a router node")
+    if sorted(topo.members(str(ha.get("sync_network")))) != sorted(routers):
+        raise TopologyError("ha.sync_network must join exactly the two routers")
+    for net, v in dict(ha.get("virtual", {})).items():
+        network = topo.networks.get(net)
+        if network is None:
+            raise TopologyError(f"ha.virtual: unknown network {net!r}")
+        if ipaddress.ip_address(v["ipv4"]) not in network.ipv4:
+            raise TopologyError(f"ha.virtual: {v['ipv4']} is not in {network.ipv4}")
+        if ipaddress.ip_address(v["ipv6"]) not in network.ipv6:
+            raise TopologyError(f"ha.virtual: {v['ipv6']} is not in {network.ipv6}")

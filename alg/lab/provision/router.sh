@@ -17,12 +17,18 @@ need LAB_NODE LAB_STATE_DIR LAB_NAT_PUBLIC_NETWORK LAB_NAT_FORWARD_NODE LAB_NAT_
     LAB_NAT_FORWARD_PORTS LAB_FTP_VSFTPD_PORT LAB_FTP_PYFTPDLIB_PORT
 FTP_ALG=${LAB_FTP_ALG:-ftp-alg}
 DIR=$(node_dir)
-PUBLIC4=$(var "LAB_${LAB_NODE}_${LAB_NAT_PUBLIC_NETWORK}_IPV4")
-PUBLIC6=$(var "LAB_${LAB_NODE}_${LAB_NAT_PUBLIC_NETWORK}_IPV6")
+OWN_PUBLIC4=$(var "LAB_${LAB_NODE}_${LAB_NAT_PUBLIC_NETWORK}_IPV4")
+# with two routers the public address is the shared (virtual) one the active router holds
+PUBLIC4=$(var "LAB_HA_VIRTUAL_${LAB_NAT_PUBLIC_NETWORK}_IPV4")
+PUBLIC6=$(var "LAB_HA_VIRTUAL_${LAB_NAT_PUBLIC_NETWORK}_IPV6")
+PUBLIC4=${PUBLIC4:-$OWN_PUBLIC4}
+PUBLIC6=${PUBLIC6:-$(var "LAB_${LAB_NODE}_${LAB_NAT_PUBLIC_NETWORK}_IPV6")}
 INSIDE4=$(var "LAB_${LAB_NAT_FORWARD_NODE}_${LAB_NAT_FORWARD_NETWORK}_IPV4")
 INSIDE6=$(var "LAB_${LAB_NAT_FORWARD_NODE}_${LAB_NAT_FORWARD_NETWORK}_IPV6")
 HELPER_PORTS="$LAB_FTP_VSFTPD_PORT $LAB_FTP_PYFTPDLIB_PORT"
 [ -n "$PUBLIC4" ] && [ -n "$INSIDE4" ] || die "no public or inside address in the environment"
+# shellcheck source=router-ha.sh
+. "$here/router-ha.sh"
 
 # ipt 4|6 ARGS...: iptables or ip6tables, waiting for the xtables lock.
 ipt() {
@@ -46,14 +52,16 @@ drop_chain() {
 
 nat_rules() {
     local wan fam pub inside port
-    wan=$(iface_of "$PUBLIC4")
-    [ -n "$wan" ] || die "no interface carries the public address $PUBLIC4"
+    wan=$(iface_of "$OWN_PUBLIC4")
+    [ -n "$wan" ] || die "no interface carries the public address $OWN_PUBLIC4"
     for fam in 4 6; do
         if [ "$fam" = 4 ]; then pub=$PUBLIC4 inside=$INSIDE4; else pub=$PUBLIC6 inside="[$INSIDE6]"; fi
         [ -n "$pub" ] && [ "$inside" != "[]" ] || continue
         own_chain "$fam" nat LAB-MASQ POSTROUTING
         if [ "${LAB_NAT_MASQUERADE:-1}" = 1 ]; then
             ipt "$fam" -t nat -A LAB-MASQ -o "$wan" -j MASQUERADE
+        else # SNAT to the shared address: its entries survive the WAN link going down
+            ipt "$fam" -t nat -A LAB-MASQ -o "$wan" -j SNAT --to-source "$pub"
         fi
         own_chain "$fam" nat LAB-FORWARD PREROUTING
         for port in $LAB_NAT_FORWARD_PORTS; do
@@ -158,12 +166,14 @@ up() {
     mkdir -p "$DIR/logs"
     sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
     nat_rules
+    if ha_on; then ha_up; fi
     gateway "${1:-${LAB_GATEWAY_MODE:-none}}"
 }
 
 down() {
     local fam
     alg_gateway_stop
+    if ha_on; then ha_down; fi
     for fam in 4 6; do
         drop_chain "$fam" raw LAB-HELPER PREROUTING
         drop_chain "$fam" nat LAB-FORWARD PREROUTING
@@ -177,5 +187,8 @@ case "${1:-up}" in
     gateway) gateway "${2:?usage: $0 gateway none|kernel|ftp-alg}" ;;
     daemon) daemon "${2:?usage: $0 daemon start|stop}" ;;
     down) down ;;
-    *) die "usage: $0 up [MODE] | gateway MODE | daemon start|stop | down" ;;
+    crash) crash ;;
+    takeover) takeover ;;
+    notify) notify "${2:-}" ;;
+    *) die "usage: $0 up [MODE] | gateway MODE | daemon start|stop | crash | takeover | notify STATE | down" ;;
 esac
