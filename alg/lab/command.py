@@ -87,7 +87,15 @@ def _exec(args: argparse.Namespace) -> int:
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    backend.set_gateway(args.prefix, args.mode)
+    info = backend.status(args.prefix)
+    routers = [n for n in info["nodes"].values() if n["role"] == "router"]
+    died = [n for n in routers if not n["processes"].get("ftp-alg", {}).get("running", False)]
+    if args.mode == "ftp-alg" and info["gateway"] == "ftp-alg" and died:
+        # The gateway is ftp-alg already and its daemon died: start it again, and keep the
+        # sessions (no conntrack flush): they go on from the offsets conntrack holds.
+        backend.daemon(args.prefix, "start")
+    else:
+        backend.set_gateway(args.prefix, args.mode)
     return 0
 
 

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -173,3 +174,30 @@ def test_two_hundred_rewrites_with_loss_across_a_restart(alg: LabHandle) -> None
     counters = status(alg)["counters"]
     assert isinstance(counters, dict) and counters.get("seqadj-resumed", 0) == 1
     assert counters.get("rewrite", 0) >= 100  # the new daemon rewrote the rest
+
+
+def test_lab_gateway_starts_a_dead_daemon_and_keeps_the_sessions(alg: LabHandle) -> None:
+    """`ftp-alg lab gateway ftp-alg` on a lab whose daemon died starts it again without
+    flushing conntrack: the session in progress goes on (the lab interface scripts use)."""
+    client, want = alg.ns("client"), served_sha(alg)
+    ftp = ftplib.FTP()
+    with netns(client):
+        ftp.connect(OUTSIDE, 21, timeout=10)
+    ftp.login()
+    assert _sha(ftp, client, passive=False) == want
+    _stop(alg, "sigkill")
+    ftp_alg = str(Path(sys.executable).with_name("ftp-alg"))
+    cmd = [ftp_alg, "lab", "gateway", "--prefix", alg.prefix, "ftp-alg"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+    info = json.loads(
+        subprocess.run(
+            [ftp_alg, "lab", "status", "--prefix", alg.prefix, "--json"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    )
+    assert info["nodes"]["router"]["processes"]["ftp-alg"]["running"] is True
+    assert _sha(ftp, client, passive=False) == want  # same control connection, next PORT
+    ftp.quit()
