@@ -99,11 +99,13 @@ def seq3(host: str, port: int, count: int, loaded: bool) -> dict[str, object]:
 def _junk(src: str, dst: str, kind: str, port: int, variety: int) -> list[bytes]:
     """`variety` prebuilt packets: `ack` (sport `port`, random dports, ACK + payload), `syn`
     (sport `port`, random dports), `mix` (the two alternating) or `junk` (random sports to
-    dport `port`, ACK + payload)."""
+    dport `port`, ACK + payload). The random ports are distinct up to 64512 packets, so
+    each packet of one round is the first of its 4-tuple."""
     rng = random.Random(10)
+    others = rng.sample(range(1024, 65536), min(variety, 64512))
     out = []
     for i in range(variety):
-        seq, ack, other = rng.getrandbits(32), rng.getrandbits(32), rng.randrange(1024, 65536)
+        seq, ack, other = rng.getrandbits(32), rng.getrandbits(32), others[i % len(others)]
         if kind == "syn" or (kind == "mix" and i % 2):
             out.append(segment(src, dst, port, other, seq, 0, SYN))
         elif kind in ("ack", "mix"):
@@ -129,12 +131,13 @@ def flood(
     start = time.monotonic()
     end = start + seconds
     while sent < limit:
-        for pkt in packets:
+        batch = packets[: limit - sent]
+        for pkt in batch:
             try:
                 send(pkt)
             except OSError:  # ENOBUFS under load: count it, go on
                 errors += 1
-        sent += len(packets)
+        sent += len(batch)
         if time.monotonic() >= end:
             break
     took = time.monotonic() - start

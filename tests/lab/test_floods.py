@@ -26,7 +26,8 @@ from tests.kernel.lab import netns
 from tests.lab.conftest import LabHandle
 from tests.lab.test_ftp_alg import daemon_pid, router, rules, status
 
-pytestmark = pytest.mark.netns
+# every test here runs for 5 to 50 s
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 FLOOD = Path(__file__).with_name("flood_probe.py")
 OUTSIDE, PUBLIC, ONE_MIB = "198.51.100.20", "198.51.100.1", "1mib.bin"
@@ -34,9 +35,9 @@ OUTSIDE, PUBLIC, ONE_MIB = "198.51.100.20", "198.51.100.1", "1mib.bin"
 # the node whose vsftpd answers).
 SIDES = {"inside": ("client", OUTSIDE, "server"), "internet": ("server", PUBLIC, "inside")}
 # The daemon may grow by this much under a flood. Its state is per control connection (a few
-# KB each, ~20 here); the issue measured +75 MB (54 -> 129 MB) when junk created sessions. 16
-# MiB leaves room for the allocator's arenas and the transfers' buffers (measured: +0-1 MiB).
-RSS_SLACK_KB = 16 * 1024
+# KB each, ~20 here); the issue measured +75 MB (54 -> 129 MB) when junk created sessions. 8
+# MiB leaves room for the allocator's arenas and the transfers' buffers (measured: +0.1 MiB).
+RSS_SLACK_KB = 8 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -122,41 +123,43 @@ def wait_sessions(lab: LabHandle, at_most: int, seconds: float) -> int:
     return now
 
 
-@pytest.mark.parametrize("side", ["inside", "internet"])
-def test_rst_partial_port_syn_leaves_no_packet_in_the_queue(alg: LabHandle, side: str) -> None:
+def test_rst_partial_port_syn_leaves_no_packet_in_the_queue(alg: LabHandle) -> None:
     """100 times the RST / partial "PORT 1" / SYN sequence on a real control connection's
-    tuple, plain (the kernel's RST; only "PORT 1" is queued, and held) and loaded (RST and
-    SYN carry a byte, so all three reach the core and the SYN replaces a closing session
-    that holds "PORT 1": the path that leaked). Afterwards nothing is left in the queue."""
-    node, host, _ = SIDES[side]
+    tuple, from inside and from the internet through the port forward; plain (the kernel's
+    RST; only "PORT 1" is queued, and held) and loaded (RST and SYN carry a byte, so all
+    three reach the core and the SYN replaces a closing session that holds "PORT 1": the
+    path that leaked). Afterwards nothing is left in the queue and FTP works."""
     pid, before = daemon_pid(alg), counters(alg)
     sessions = status(alg)["sessions"]
     assert isinstance(sessions, int)
-    for variant in ([], ["--loaded"]):
-        result = attack(alg, node, "seq3", host, "--count", "100", *variant)
-        assert result == {"sequences": 100, "banners": 100}
+    for node, host, _ in SIDES.values():
+        for variant in ([], ["--loaded"]):
+            result = attack(alg, node, "seq3", host, "--count", "100", *variant)
+            assert result == {"sequences": 100, "banners": 100}
     time.sleep(1.5)  # the core's hold_timeout is 0.5 s
     queues = queue_stats(alg)
     after = counters(alg)
+    print(f"\n3-packet sequences, 4 x 100: queue {queues[0]}; {after}")
     assert queues[0]["total"] == 0, queues
     assert queues[0]["dropped"] == 0 and queues[0]["user_dropped"] == 0, queues
     # The attack reached the daemon: each "PORT 1" was queued and held, and the loaded
-    # SYNs ended the closing sessions they reused.
-    assert delta(after, before, "held") >= 200, after
-    assert delta(after, before, "packets") >= 200 + 3 * 100, after
+    # RSTs and SYNs were queued too.
+    assert delta(after, before, "held") >= 400, after
+    assert delta(after, before, "packets") >= 4 * 200 + 2 * 200, after
     assert status(alg)["held"] == 0
     assert daemon_pid(alg) == pid and Path(f"/proc/{pid}").exists()
     # Sessions exist only while conntrack tracks the connection: the CLOSE entries (10 s)
     # go and take their sessions with them.
     assert wait_sessions(alg, sessions, 25) <= sessions
-    ok, _, why = transfer(alg, side)
-    assert ok, why
+    for side in SIDES:
+        ok, _, why = transfer(alg, side)
+        assert ok, why
 
 
 def test_packets_to_port_21_without_syn_create_no_session(alg: LabHandle) -> None:
-    """66k junk segments with payload to port 21 from 4096 source ports, no handshake: no
-    session is created, a real control connection opened before keeps working and a new
-    one is watched (its PORT rewritten)."""
+    """66k junk segments with payload to port 21, no handshake, each the first of its
+    4-tuple but for the last 1.5k (source ports wrap): no session is created, a real
+    control connection opened before keeps working and a new one is watched."""
     client = alg.ns("client")
     with netns(client):
         real = ftplib.FTP()
@@ -165,7 +168,8 @@ def test_packets_to_port_21_without_syn_create_no_session(alg: LabHandle) -> Non
     real.set_pasv(False)
     before, sessions = counters(alg), status(alg)["sessions"]
     assert isinstance(sessions, int) and sessions >= 1
-    sent = attack(alg, "client", "flood", OUTSIDE, "junk", "--limit", "66000", "--seconds", "30")
+    argv = ["flood", OUTSIDE, "junk", "--limit", "66000", "--seconds", "30", "--variety", "64512"]
+    sent = attack(alg, "client", *argv)
     time.sleep(1)
     after = counters(alg)
     print(f"\nno-SYN flood to :21: {sent['sent']} packets at {sent['pps']} pps; {after}")
@@ -212,3 +216,92 @@ def test_bounce_port_flood_gives_a_bounded_log(alg: LabHandle) -> None:
     bound = 20 + 10 * (result["seconds"] + 2) + result["seconds"] / 10 + 1
     assert len(grown) <= bound, (bound, grown[-5:])
     assert told > 0 and told + written == 100000, (told, written, grown[-5:])
+
+
+# name: (attacker's node, target, flood_probe kind, port). From the internet: source port
+# 21 to the router's public address, random destination ports, ACK + payload and plain SYNs
+# alternating. From the LAN: junk with payload to the outside server's port 21 from 4096
+# source ports, no handshake.
+FLOODS = {
+    "internet-sport21": ("server", PUBLIC, "mix"),
+    "lan-to-21": ("client", OUTSIDE, "junk"),
+}
+FLOOD_SECONDS = 20
+
+
+def flood_with_transfers(lab: LabHandle, flood: str) -> dict[str, Any]:
+    """Run the flood for FLOOD_SECONDS; meanwhile a transfer on each NAT side every 2 s."""
+    node, host, kind = FLOODS[flood]
+    argv = [sys.executable, str(FLOOD), "flood", host, kind, "--seconds", str(FLOOD_SECONDS)]
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", lab.ns(node), *argv], stdout=subprocess.PIPE, text=True
+    )
+    results: list[tuple[bool, float, str]] = []
+    try:
+        time.sleep(0.5)  # under way before the first transfer
+        tick = time.monotonic()
+        while proc.poll() is None and len(results) < FLOOD_SECONDS:
+            results += [transfer(lab, side) for side in SIDES]
+            tick += 2
+            time.sleep(max(0.0, tick - time.monotonic()))
+        out, _ = proc.communicate(timeout=FLOOD_SECONDS + 10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return {"flood": json.loads(out), "results": results}
+
+
+def figures(run: dict[str, Any]) -> str:
+    results = run["results"]
+    ok = sum(r[0] for r in results)
+    slowest = max((r[1] for r in results), default=0.0)
+    return f"{run['flood']['pps']:>8} pps  {ok:>2}/{len(results):<2} ok  slowest {slowest:.2f} s"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flood", FLOODS)
+def test_junk_flood_ftp_keeps_working_on_both_nat_sides(alg: LabHandle, flood: str) -> None:
+    """A 20 s junk flood (issue 10: FTP through the port forward worked 1 time in 4): every
+    transfer on both NAT sides succeeds, the queue drops nothing, the daemon does not grow
+    and its counters show the flood never reached it; the kernel helper under the same flood
+    is measured alongside."""
+    pid = daemon_pid(alg)
+    rss_before, before = rss_kb(pid), counters(alg)
+    run = flood_with_transfers(alg, flood)
+    time.sleep(1)
+    rss_after, after, queues = rss_kb(pid), counters(alg), queue_stats(alg)
+    sessions = status(alg)["sessions"]
+    alg.use_gateway("kernel")
+    try:
+        kernel = flood_with_transfers(alg, flood)
+    finally:
+        alg.use_gateway("ftp-alg")
+    queued = delta(after, before, "packets")
+    print(
+        f"\n{flood} flood, {FLOOD_SECONDS} s, a transfer per NAT side every 2 s:"
+        f"\n  ftp-alg  {figures(run)}"
+        f"\n  kernel   {figures(kernel)}"
+        f"\n  ftp-alg daemon: RSS {rss_before} -> {rss_after} kB, queued {queued} packets"
+        f" of {run['flood']['sent']} sent, sessions {sessions}, queue {queues[0]},"
+        f" counters {after}"
+    )
+    results = run["results"]
+    assert len(results) >= FLOOD_SECONDS // 2, results  # transfers kept coming during it
+    assert [r for r in results if not r[0]] == []
+    assert run["flood"]["pps"] > 1000
+    assert kernel["flood"]["pps"] > 0 and kernel["results"]  # measured, not judged
+    assert daemon_pid(alg) != pid  # (restarted by the gateway switch: it was alive till then)
+    assert queues[0]["dropped"] == 0 and queues[0]["user_dropped"] == 0, queues
+    assert queues[0]["total"] == 0, queues
+    assert rss_after - rss_before <= RSS_SLACK_KB, (rss_before, rss_after)
+    # What it saw: one session per transfer and their control lines. The LAN flood reuses
+    # each of its 4096 tuples ~70 times: when conntrack took the server's RST as a reply,
+    # a later junk segment in window is an ESTABLISHED payload segment of an anchored
+    # connection, and gets a session like any (measured: 1 in 295k packets; it goes with
+    # its conntrack entry). The flood from outside never matches a control connection.
+    extra = delta(after, before, "session-new") - len(results)
+    print(f"  sessions the flood made: {extra}")
+    assert 0 <= extra <= (run["flood"]["sent"] // 20000 if flood == "lan-to-21" else 0), after
+    assert queued <= 40 * len(results), after
+    assert delta(after, before, "errors") == 0, after
