@@ -177,6 +177,8 @@ class Daemon:
         if events.fileno() in ready:
             for entry in events.read_events():
                 self._destroyed(entry)
+            if events.lost:  # the kernel dropped events: their sessions wait for idle_timeout
+                self.counters["destroy-events-lost"] = events.lost
         for nfq in busy:
             nfq.run(block=False)
         if status.fileno() in ready:
