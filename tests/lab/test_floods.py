@@ -5,6 +5,11 @@ namespace: the 3-packet sequence that used to leak queued packets, junk floods f
 sides, a table-filling flood to port 21 and a bounce-PORT log flood. Each test reads what
 really happened: /proc/net/netfilter/nfnetlink_queue in the router's namespace, the daemon's
 status counters and RSS, its log file, and FTP transfers checked by their sha256.
+
+The floods are a raw-socket loop over prebuilt packets (stdlib Python): measured here at
+~53k pps against ~33k for `hping3 --flood`; two senders at once got less (2 CPUs, the
+router's softirq work runs on the senders' CPUs). The kernel helper gets the same floods,
+and both figures are printed side by side; only ftp-alg's are judged.
 """
 
 from __future__ import annotations
