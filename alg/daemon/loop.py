@@ -175,10 +175,11 @@ class Daemon:
         # Destroy events first: a connection that replaced one on the same tuple sends its
         # first payload only after its handshake, so the old session is gone by then.
         if events.fileno() in ready:
+            lost = events.lost
             for entry in events.read_events():
                 self._destroyed(entry)
-            if events.lost:  # the kernel dropped events: their sessions wait for idle_timeout
-                self.counters["destroy-events-lost"] = events.lost
+            if events.lost != lost:  # the kernel dropped events: those sessions stay idle
+                self._count("destroy-events-lost")
         for nfq in busy:
             nfq.run(block=False)
         if status.fileno() in ready:
