@@ -9,6 +9,7 @@ its own exceptions.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import socket
@@ -20,6 +21,7 @@ NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 NETLINK_CAP_ACK = 10  # acks without a copy of the request: smaller, nothing to skip
+SO_ATTACH_FILTER = 26
 
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
@@ -82,6 +84,15 @@ class NetlinkSocket:
 
     def close(self) -> None:
         self._sock.close()
+
+    def attach_filter(self, program: list[tuple[int, int, int, int]]) -> None:
+        """Attach a classic BPF socket filter: (code, jt, jf, k) per instruction. The
+        kernel runs it on each message before queueing it, so what it refuses costs
+        neither a wake-up nor room in the receive buffer."""
+        code = b"".join(struct.pack("=HBBI", *insn) for insn in program)
+        buf = ctypes.create_string_buffer(code, len(code))
+        fprog = struct.pack("=HxxxxxxQ", len(program), ctypes.addressof(buf))
+        self._sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
     def settimeout(self, timeout: float | None) -> None:
         self._sock.settimeout(timeout)
