@@ -100,13 +100,15 @@ def _gateway(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from alg.lab import demo  # imported late: only the demo needs the client runners
+    from alg.lab.demo import run as demo  # imported late: only the demo needs the client runners
 
     return demo.run(args.prefix, working_gateway=args.gateway, keep=args.keep)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from alg.lab import bench  # imported late: only the bench needs its probe and matplotlib
+    from alg.lab.bench import (
+        run as bench,  # imported late: only the bench needs its probe and matplotlib
+    )
 
     config = Path(args.daemon_config) if args.daemon_config else None
     return bench.command(args.prefix, args.quick, args.rounds, Path(args.output), args.keep, config)

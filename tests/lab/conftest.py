@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from alg.lab import backend, clients, state
-from alg.lab.clients import Outcome
-from alg.lab.scenarios import Case
+from alg.lab import backend, state
+from alg.lab.demo import clients
+from alg.lab.demo.clients import Outcome
+from alg.lab.demo.scenarios import Case
 from alg.lab.topology import Topology, load
 
 PREFIX = os.environ.get("FTP_ALG_TEST_LAB", "") + "tl"  # a tag lets labs run side by side

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from alg.lab.clients import CLIENTS, OPS, supports
-from alg.lab.scenarios import Case, all_cases, known_gap
+from alg.lab.demo.clients import CLIENTS, OPS, supports
+from alg.lab.demo.scenarios import Case, all_cases, known_gap
 from tests.lab.conftest import LabHandle, sha256_file
 
 WORKING_GATEWAYS = ("kernel", "ftp-alg")

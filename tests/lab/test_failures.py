@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from alg.lab.clients import Mode, Outcome
-from alg.lab.scenarios import SERVERS, Case
+from alg.lab.demo.clients import Mode, Outcome
+from alg.lab.demo.scenarios import SERVERS, Case
 from tests.lab.conftest import LabHandle
 
 pytestmark = pytest.mark.netns

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from alg.lab import state
-from alg.lab.clients import Mode
-from alg.lab.scenarios import Case
+from alg.lab.demo.clients import Mode
+from alg.lab.demo.scenarios import Case
 from tests.lab.conftest import LabHandle
 
 pytestmark = pytest.mark.netns

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from alg.lab import clients
-from alg.lab.clients import Mode, Outcome, Request
-from alg.lab.scenarios import all_cases, failing_cases
+from alg.lab.demo import clients
+from alg.lab.demo.clients import Mode, Outcome, Request
+from alg.lab.demo.scenarios import all_cases, failing_cases
 from alg.lab.topology import DEFAULT_PATH, TopologyError, load
 
 

@@ -157,7 +157,7 @@ def _ftplib(ns: str, req: Request) -> Outcome:
     mode = "active" if req.mode.active else "passive"
     opts = {"--host": req.host, "--port": str(req.port), "--mode": mode, "--op": req.op}
     opts.update({"--path": req.path, "--timeout": str(req.timeout)})
-    argv = [sys.executable, "-m", "alg.lab.ftplib_probe", *itertools.chain(*opts.items())]
+    argv = [sys.executable, "-m", "alg.lab.probes.ftplib_probe", *itertools.chain(*opts.items())]
     if req.trust_pasv:
         argv.append("--trust-pasv")
     if req.op == "stor":

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from alg.lab.clients import Mode, Request
+from alg.lab.demo.clients import Mode, Request
 from alg.lab.topology import Topology
 
 SERVERS = ("vsftpd", "pyftpdlib")

@@ -4,7 +4,7 @@ The bench builds its own lab (or reuses a running one of the same prefix), then 
 rounds, each round visiting every gateway in turn (none, kernel, ftp-alg, none, ...) so that
 noise from the rest of the machine falls on all three alike. The client is the lab's client
 behind the masquerading router, the server vsftpd on the outside server's port 21; the
-client side runs inside the client namespace (benchprobe.py).
+client side runs inside the client namespace (alg/lab/probes/bench_probe.py).
 
 Per gateway and round:
   control round trip  NOOP/200 exchanges over 4 logged-in sessions in turn (raw socket,
@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import Any
 
 from alg.lab import backend, netns, state
-from alg.lab.benchfigures import (
+from alg.lab.bench.figures import (
     FULL,
     GATEWAYS,
     MODES,
@@ -80,7 +80,7 @@ from alg.lab.benchfigures import (
 )
 from alg.lab.topology import Topology, load
 
-PROBE = Path(__file__).with_name("benchprobe.py")
+PROBE = Path(__file__).parents[1] / "probes" / "bench_probe.py"
 DEFAULT_PREFIX = "bench"
 DEFAULT_OUTPUT = "lab-bench.png"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -363,7 +363,7 @@ def run(
         elif backend.is_up(prefix, topo):
             backend.set_gateway(prefix, previous, log=quiet)
     result = figures(bench.samples, plan)
-    from alg.lab import benchchart  # matplotlib only once there is something to draw
+    from alg.lab.bench import chart as benchchart  # matplotlib only once there is something to draw
 
     benchchart.draw(result, plan.parallel, output)
     return result

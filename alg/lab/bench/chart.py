@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from alg.lab.benchfigures import GATEWAYS, TARGETS
+from alg.lab.bench.figures import GATEWAYS, TARGETS
 
 COLORS = {"none": "#9e9e9e", "kernel": "#1f77b4", "ftp-alg": "#ff7f0e"}
 

@@ -1,5 +1,5 @@
 """The client side of `ftp-alg lab bench`, run inside the client namespace:
-`ip netns exec PREFIX-client python benchprobe.py WORKLOAD SERVER ...`.
+`ip netns exec PREFIX-client python alg/lab/probes/bench_probe.py WORKLOAD SERVER ...`.
 
 Stdlib only and raw sockets only, so that the client costs little CPU (the server, the router
 and the client share two cores) and every byte on the control connection is known. Each

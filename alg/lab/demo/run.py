@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from alg.lab import backend, clients, state
-from alg.lab.clients import Mode, Outcome
-from alg.lab.scenarios import Case
+from alg.lab import backend, state
+from alg.lab.demo import clients
+from alg.lab.demo.clients import Mode, Outcome
+from alg.lab.demo.scenarios import Case
 from alg.lab.topology import Topology, load
 
 Say = Callable[[str], None]

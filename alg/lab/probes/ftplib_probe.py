@@ -1,7 +1,7 @@
 """Python ftplib as one of the lab's FTP clients: run inside a node, print one JSON outcome.
 
-Run as `python -m alg.lab.ftplib_probe ...` under `ip netns exec`, since a namespace belongs to
-a process, not to a socket the caller could hand over. The transcript uses curl's verbose
+Run as `python -m alg.lab.probes.ftplib_probe ...` under `ip netns exec`, since a namespace
+belongs to a process, not to a socket the caller could hand over. The transcript uses curl's verbose
 markers ("> " command, "< " reply, "* " note) so that one parser reads both clients.
 ftplib picks the verb from the address family: PORT/PASV over IPv4, EPRT/EPSV over IPv6.
 """

@@ -1,5 +1,5 @@
 """The figures of `ftp-alg lab bench`: what is measured, how it becomes `name value` lines,
-and the targets they are read against (see alg/lab/bench.py for the names)."""
+and the targets they are read against (see alg/lab/bench/run.py for the names)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""`ftp-alg lab bench`: the run (run.py), its figures and targets (figures.py), its chart."""
