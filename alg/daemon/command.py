@@ -14,20 +14,7 @@ from alg.daemon.settings import (
     load,
     status_socket_default,
 )
-
-
-def _ports(text: str) -> list[int]:
-    ports = [int(p) for p in text.split(",") if p.strip()]
-    if not ports or not all(0 < p < 65536 for p in ports):
-        raise argparse.ArgumentTypeError(f"bad port list {text!r}")
-    return ports
-
-
-def _balance(text: str) -> tuple[int, int]:
-    first, _, last = text.partition(":")
-    if not (first.isdigit() and last.isdigit() and int(first) < int(last) <= 65535):
-        raise argparse.ArgumentTypeError(f"queue balance must be A:B with A < B, not {text!r}")
-    return int(first), int(last)
+from alg.options import cli_type, parse_balance, parse_ports
 
 
 def register(sub: Any) -> None:
@@ -37,11 +24,14 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--queue-balance",
         metavar="A:B",
-        type=_balance,
+        type=cli_type(parse_balance),
         help="read queues A..B, as `rules apply --queue-balance A:B` spreads them",
     )
     p.add_argument(
-        "--ports", type=_ports, dest="control_ports", help="FTP control ports (default 21,2121)"
+        "--ports",
+        type=cli_type(parse_ports),
+        dest="control_ports",
+        help="FTP control ports (default 21,2121)",
     )
     p.add_argument(
         "--fail-closed",

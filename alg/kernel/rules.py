@@ -114,29 +114,6 @@ class RuleOptions:
             raise ValueError("families must be 4 and/or 6")
 
 
-def parse_ports(text: str) -> tuple[int, ...]:
-    """'21,2121' -> (21, 2121); duplicates dropped, order kept."""
-    ports: list[int] = []
-    for item in text.split(","):
-        try:
-            port = int(item.strip())
-        except ValueError:
-            raise ValueError(f"not a port list: {text!r}") from None
-        if port not in ports:
-            ports.append(port)
-    return tuple(ports)
-
-
-def parse_balance(text: str) -> tuple[int, int]:
-    first, sep, last = text.partition(":")
-    try:
-        if sep:
-            return int(first), int(last)
-    except ValueError:
-        pass
-    raise ValueError(f"queue balance must be A:B, not {text!r}")
-
-
 # --- iptables --------------------------------------------------------------------------------
 
 StepKind = Literal[

@@ -13,6 +13,7 @@ from typing import Any
 from alg.kernel import rules, rules_exec
 from alg.kernel.rules_exec import RulesError
 from alg.kernel.rules_ftps import FtpsRange, ranges_from
+from alg.options import parse_balance, parse_ports
 
 _FAMILIES = {"4": (4,), "6": (6,), "both": (4, 6)}
 
@@ -78,8 +79,8 @@ def _ftps_ranges(path: str | None) -> tuple[FtpsRange, ...]:
 def _rule_options(args: argparse.Namespace) -> rules.RuleOptions:
     return rules.RuleOptions(
         queue_num=args.queue_num,
-        ports=rules.parse_ports(args.ports),
-        queue_balance=rules.parse_balance(args.queue_balance) if args.queue_balance else None,
+        ports=parse_ports(args.ports),
+        queue_balance=parse_balance(args.queue_balance) if args.queue_balance else None,
         families=_FAMILIES[args.family],
         ftps=_ftps_ranges(args.config),
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 from alg.core import Config
 from alg.core.config import DEFAULT_CONTROL_PORTS
+from alg.options import cli_type, parse_ports
 from alg.replay import capture
 from alg.replay.engine import Replay
 from alg.replay.report import as_json, as_text
@@ -20,13 +21,6 @@ def _nat(values: list[str] | None) -> dict[int, bytes]:
         addr = ipaddress.ip_address(text)
         out[addr.version] = addr.packed
     return out
-
-
-def _ports(text: str) -> frozenset[int]:
-    ports = frozenset(int(p) for p in text.split(",") if p.strip())
-    if not ports or not all(0 < p < 65536 for p in ports):
-        raise argparse.ArgumentTypeError(f"bad port list {text!r}")
-    return ports
 
 
 def register(sub: Any) -> None:
@@ -51,7 +45,7 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
         "--ports",
-        type=_ports,
+        type=cli_type(parse_ports),
         default=frozenset(DEFAULT_CONTROL_PORTS),
         help="FTP control ports, comma-separated (default 21,2121)",
     )
@@ -82,7 +76,7 @@ def replay(
 
 
 def run(args: argparse.Namespace) -> int:
-    config = Config(control_ports=args.ports, allow_fxp=args.allow_fxp)
+    config = Config(control_ports=frozenset(args.ports), allow_fxp=args.allow_fxp)
     try:
         rep = replay(
             args.capture, _nat(args.client_nat), _nat(args.server_nat), args.output, config

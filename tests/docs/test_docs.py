@@ -32,6 +32,7 @@ from alg.core.config import Config
 from alg.core.reports import EventKind, Reason
 from alg.daemon.settings import Settings, load
 from alg.kernel import rules
+from alg.options import parse_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -505,7 +506,7 @@ def test_unit_agrees_with_the_config_file() -> None:
     unit = _unit()["Service"]
     settings = load(str(TOML), {})
     apply = build_parser().parse_args(_exec_argv(unit["ExecStartPre"][0])[1:])
-    assert set(rules.parse_ports(apply.ports)) == set(settings.core.control_ports)
+    assert set(parse_ports(apply.ports)) == set(settings.core.control_ports)
     assert apply.queue_num == settings.queue_num
     run = build_parser().parse_args(_exec_argv(unit["ExecStart"][0])[1:])
     assert run.config == "/etc/ftp-alg/ftp-alg.toml"

@@ -13,6 +13,7 @@ import pytest
 
 from alg.kernel import rules, rules_exec
 from alg.kernel.ctnetlink import Ctnetlink, Tuple
+from alg.options import parse_balance, parse_ports
 from tests.kernel.lab import INSIDE4, OUTSIDE4, OUTSIDE6, ROUTER_OUT4, Lab, netns
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
@@ -115,13 +116,13 @@ def test_bad_options_are_refused(bad: dict[str, object]) -> None:
 
 
 def test_parsers() -> None:
-    assert rules.parse_ports("21, 2121,21") == (21, 2121)
-    assert rules.parse_balance("0:3") == (0, 3)
+    assert parse_ports("21, 2121,21") == (21, 2121)
+    assert parse_balance("0:3") == (0, 3)
     for bad in ("x", "21;22"):
         with pytest.raises(ValueError):
-            rules.parse_ports(bad)
+            parse_ports(bad)
     with pytest.raises(ValueError):
-        rules.parse_balance("3")
+        parse_balance("3")
 
 
 def test_port_overlap() -> None:
