@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from alg.core.commands import Command
 from alg.core.config import Config
 from alg.core.reports import Report
@@ -10,13 +12,13 @@ from alg.core.reports import Report
 class Context:
     __slots__ = ("config", "counters", "next_id")
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, counters: Counter[str] | None = None) -> None:
         self.config = config
-        self.counters: dict[str, int] = {}
+        self.counters: Counter[str] = Counter() if counters is None else counters
         self.next_id = 1
 
     def count(self, name: str, n: int = 1) -> None:
-        self.counters[name] = self.counters.get(name, 0) + n
+        self.counters[name] += n
 
     def report(self, out: list[Command], report: Report) -> None:
         """Append `report` to the commands and count it under its kind (and reason): the

@@ -16,6 +16,7 @@ needs); its packets wait for the answer.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 from alg.core.commands import (
@@ -54,11 +55,16 @@ def inside_view(orig: FlowKey, reply: FlowKey) -> FlowKey:
 class Gateway:
     """Tracks FTP control connections and rewrites what crosses them."""
 
-    def __init__(self, config: Config | None = None) -> None:
+    def __init__(self, config: Config | None = None, counters: Counter[str] | None = None) -> None:
+        """`counters`: the tally to count into; an adapter passes its own, so that the core's
+        events and the adapter's own counts are one table (what `ftp-alg status` shows)."""
         self.config = config or Config()
-        self._ctx = Context(self.config)
+        self._ctx = Context(self.config, counters)
         self._flows: dict[FlowKey, tuple[Session, Stream]] = {}
         self._sessions: dict[int, Session] = {}
+        # Sessions that set a hold deadline since the last tick: `next_tick` and `tick` look
+        # at these only, so their cost follows the holds, not the sessions tracked.
+        self._timed: dict[int, Session] = {}
         self._lookups: dict[FlowKey, list[tuple[Segment, Handle]]] = {}
         # What running work has to say: sessions' work appends, `_drive` collects. One box
         # for all sessions, since only one piece of work runs at a time.
@@ -68,7 +74,7 @@ class Gateway:
     # ---- views for the adapters ----------------------------------------------------------
 
     @property
-    def counters(self) -> dict[str, int]:
+    def counters(self) -> Counter[str]:
         return self._ctx.counters
 
     @property
@@ -176,6 +182,8 @@ class Gateway:
                 session.suspended = work
             out += box
             box.clear()
+            if session.orig.hold_deadline is not None or session.reply.hold_deadline is not None:
+                self._timed[session.id] = session
             if question is not None:
                 out.append(question)
                 return
@@ -291,10 +299,10 @@ class Gateway:
     def next_tick(self) -> float:
         """The earliest time `tick` has anything to do: a hold to end or the periodic sweep.
         Calling it earlier is harmless; skipping it until then keeps it off the per-packet
-        path."""
+        path. It looks only at sessions that held something since the last tick."""
         deadlines = [
             h.hold_deadline
-            for s in self._sessions.values()
+            for s in self._timed.values()
             for h in (s.orig, s.reply)
             if h.hold_deadline is not None
         ]
@@ -302,12 +310,14 @@ class Gateway:
 
     def tick(self, now: float) -> list[Command]:
         out: list[Command] = []
-        for session in list(self._sessions.values()):
+        for session in list(self._timed.values()):
             if session.suspended is None and any(
                 h.hold_deadline is not None and h.hold_deadline <= now
                 for h in (session.orig, session.reply)
             ):
                 self._drive(session, session.expire(now, self._box), None, now, out)
+            if session.orig.hold_deadline is None and session.reply.hold_deadline is None:
+                self._timed.pop(session.id, None)
         if now >= self._next_sweep:
             self._next_sweep = now + _SWEEP_EVERY
             out += self._sweep(now)
@@ -359,6 +369,7 @@ class Gateway:
 
     def _remove(self, session: Session, reason: str, now: float) -> list[Command]:
         self._sessions.pop(session.id, None)
+        self._timed.pop(session.id, None)
         for key, _ in self._keys(session):
             found = self._flows.get(key)
             if found is not None and found[0] is session:

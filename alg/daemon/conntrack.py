@@ -13,6 +13,7 @@ import errno
 import logging
 import random
 import socket
+from collections import Counter
 
 from alg.core import DataExpectation, Dir, FlowKey, Found, NotFound, SeqAdjRecord
 from alg.kernel.ctnetlink import Ctnetlink
@@ -61,21 +62,19 @@ class ConntrackAdapter:
         tries: int,
         port_range: tuple[int, int],
         rng: random.Random | None = None,
+        counters: Counter[str] | None = None,
     ) -> None:
         self.ct = ct
         self.tries = tries
         self.port_range = port_range
         self.rng = rng or random.Random()
-        self.counters: dict[str, int] = {}
+        self.counters: Counter[str] = Counter() if counters is None else counters
         # The expectation each session has in the kernel: session id -> expected tuple, and
         # back. A tuple belongs to the session that created it last: a session whose
         # expectation was used (or expired) in the kernel must not delete a newer session's
         # expectation on the same tuple when it ends.
         self.owned: dict[int, Tuple] = {}
         self.holder: dict[Tuple, int] = {}
-
-    def _count(self, name: str) -> None:
-        self.counters[name] = self.counters.get(name, 0) + 1
 
     def lookup(self, key: FlowKey) -> Found | NotFound:
         """The entry of a packet seen in mangle POSTROUTING: after DNAT, before SNAT, so its
@@ -84,11 +83,11 @@ class ConntrackAdapter:
         try:
             entry = self.ct.get_conntrack(seen) or self.ct.get_conntrack(seen.reversed())
         except CtnetlinkError as exc:
-            self._count("conntrack-lookup-error")
+            self.counters["conntrack-lookup-error"] += 1
             log.warning("conntrack look-up of %s failed: %s", seen, exc)
             return NotFound(key)
         if entry is None:
-            self._count("conntrack-lookup-missing")
+            self.counters["conntrack-lookup-missing"] += 1
             return NotFound(key)
         return Found(
             key,
@@ -106,10 +105,10 @@ class ConntrackAdapter:
         try:
             self.ct.set_seqadj(to_tuple(original), int(direction), adj)
         except CtnetlinkError as exc:
-            self._count("seqadj-write-error")
+            self.counters["seqadj-write-error"] += 1
             log.error("writing the seqadj record of %s failed: %s", to_tuple(original), exc)
             return False
-        self._count("seqadj-written")
+        self.counters["seqadj-written"] += 1
         return True
 
     def reserve(self, exp: DataExpectation, fixed: bool = False) -> int | None:
@@ -135,10 +134,10 @@ class ConntrackAdapter:
                     max(1, round(exp.timeout)),
                 )
             except ExpectationExists:
-                self._count("expectation-port-taken")
+                self.counters["expectation-port-taken"] += 1
                 continue
             except CtnetlinkError as exc:
-                self._count("expectation-error")
+                self.counters["expectation-error"] += 1
                 if exc.errno == errno.EOPNOTSUPP:
                     log.error("session %d: %s", exp.session, exc)
                 else:
@@ -151,7 +150,7 @@ class ConntrackAdapter:
                 del self.owned[stale]
             self.holder[expected] = exp.session
             self.owned[exp.session] = expected
-            self._count("expectation-created")
+            self.counters["expectation-created"] += 1
             return port
         log.warning("session %d: no free outside port after %d tries", exp.session, len(candidates))
         return None
@@ -167,9 +166,9 @@ class ConntrackAdapter:
     def _delete(self, expected: Tuple) -> None:
         try:
             if self.ct.delete_expectation(expected):
-                self._count("expectation-deleted")
+                self.counters["expectation-deleted"] += 1
         except CtnetlinkError as exc:
-            self._count("expectation-error")
+            self.counters["expectation-error"] += 1
             log.warning("deleting expectation %s failed: %s", expected, exc)
 
     def withdraw_all(self) -> None:

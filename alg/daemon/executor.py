@@ -77,11 +77,8 @@ class Executor:
         self.gw = gw
         self.kernel = kernel
         self.clock = clock
-        self.counters: dict[str, int] = {}
+        self.counters = gw.counters  # one tally: the core's events and the verdicts beside them
         self.ftps = FtpsRanges((), gw.session_tuples, self.counters)  # loop.py sets the ranges
-
-    def _count(self, name: str) -> None:
-        self.counters[name] = self.counters.get(name, 0) + 1
 
     def run(self, commands: Iterable[Command]) -> None:
         todo: deque[Command] = deque(commands)
@@ -91,7 +88,7 @@ class Executor:
             try:
                 more = self._one(cmd)
             except Exception:  # one failed command must not cost the others their turn
-                self._count("errors")
+                self.counters["errors"] += 1
                 log.exception("internal error carrying out %s", type(cmd).__name__)
                 if isinstance(cmd, Accept | Drop):
                     self._fallback(cmd)
@@ -112,10 +109,10 @@ class Executor:
             pkt: Any = cmd.handle
             if cmd.data is not None:
                 pkt.set_payload(cmd.data)
-                self._count("packets-changed")
+                self.counters["packets-changed"] += 1
             pkt.accept()
         elif isinstance(cmd, Drop):
-            self._count("packets-dropped")
+            self.counters["packets-dropped"] += 1
             cmd.handle.drop()  # type: ignore[attr-defined]
         elif isinstance(cmd, Report):
             log_report(cmd)

@@ -118,7 +118,7 @@ class FtpsRanges:
         self,
         ranges: Sequence[FtpsRange],
         tuples: Tuples,
-        counters: dict[str, int],
+        counters: Counter[str],
         sets: Sets | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -134,12 +134,9 @@ class FtpsRanges:
         self._due = 0.0
 
     @classmethod
-    def from_settings(cls, settings: Settings, gw: Gateway, counters: dict[str, int]) -> FtpsRanges:
+    def from_settings(cls, settings: Settings, gw: Gateway, counters: Counter[str]) -> FtpsRanges:
         ranges = ranges_from(settings.ftps_passive_ports, settings.ftps_active_ports)
         return cls(ranges, gw.session_tuples, counters)
-
-    def _count(self, name: str) -> None:
-        self.counters[name] = self.counters.get(name, 0) + 1
 
     def on_report(self, report: Report) -> None:
         """Called by the executor for every report; acts on BLIND and SESSION_END."""
@@ -182,7 +179,7 @@ class FtpsRanges:
         )
         failed = self.sets.add(opening.set_name, peer, MEMBER_TIMEOUT)
         if failed is not None:
-            self._count("ftps-range-failed")
+            self.counters["ftps-range-failed"] += 1
             log.warning(
                 "session %d ftps-range-failed: cannot open %s ports %s of %s to %s: set %s: %s "
                 "(did `ftp-alg rules apply` read this config?)",
@@ -191,7 +188,7 @@ class FtpsRanges:
             return
         self.open[session] = opening
         self.members[(opening.set_name, peer)] += 1
-        self._count("ftps-range-opened")
+        self.counters["ftps-range-opened"] += 1
         log.info(
             "session %d ftps-range-opened: %s ports %s of %s open to %s only (set %s)",
             *(session, kind, opening.ports, host, peer, opening.set_name),
@@ -209,7 +206,7 @@ class FtpsRanges:
             if failed is not None:
                 log.warning("session %d: cannot remove %s from set %s: %s", session, key[1],
                             key[0], failed)  # fmt: skip
-        self._count("ftps-range-closed")
+        self.counters["ftps-range-closed"] += 1
         log.info(
             "session %d ftps-range-closed: %s ports %s of %s closed to %s after %.1f s (%s%s)",
             *(session, opening.kind, opening.ports, opening.host, opening.peer),

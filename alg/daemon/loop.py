@@ -13,6 +13,7 @@ import os
 import select
 import signal
 import time
+from collections import Counter
 from typing import Any
 
 from alg.core import Gateway
@@ -36,19 +37,20 @@ class Daemon:
         self.settings = settings
         self.ct = Ctnetlink()
         low, high = settings.port_range
-        self.conntrack = ConntrackAdapter(self.ct, settings.port_tries, (low, high))
-        self.gw = Gateway(settings.core)
+        # One tally for the whole daemon: the core's events, the verdicts, the kernel's
+        # answers and the loop's own counts; `ftp-alg status` and the metrics show it.
+        self.counters: Counter[str] = Counter()
+        self.conntrack = ConntrackAdapter(
+            self.ct, settings.port_tries, (low, high), counters=self.counters
+        )
+        self.gw = Gateway(settings.core, self.counters)
         self.executor = Executor(self.gw, self.conntrack, time.monotonic)
-        self.executor.ftps = FtpsRanges.from_settings(settings, self.gw, self.executor.counters)
+        self.executor.ftps = FtpsRanges.from_settings(settings, self.gw, self.counters)
         # A taken port raises OSError here, which `ftp-alg run` reports as "cannot start".
         self.metrics = Metrics(settings.metrics_listen or None)
         self._metrics_due = 0.0
-        self.counters: dict[str, int] = {}
         self.started = time.time()
         self.stop = False
-
-    def _count(self, name: str, n: int = 1) -> None:
-        self.counters[name] = self.counters.get(name, 0) + n
 
     def on_packet(self, pkt: Any) -> None:
         """The queue callback: every packet gets a verdict, now or (held) later."""
@@ -59,11 +61,11 @@ class Daemon:
             self.metrics.observe_packet(time.perf_counter() - start)
 
     def _packet(self, pkt: Any) -> None:
-        self._count("packets")
+        self.counters["packets"] += 1
         try:
             commands = self.gw.packet(pkt, pkt.get_payload(), time.monotonic())
         except Exception:  # a bug of ours must not take the traffic down
-            self._count("errors")
+            self.counters["errors"] += 1
             log.exception(
                 "internal error on a packet: %s it",
                 "dropping" if self.settings.fail_closed else "passing",
@@ -89,16 +91,7 @@ class Daemon:
             "queue": self.settings.queue_num,
             "queues": self.settings.queue_count,
             "control_ports": sorted(self.settings.core.control_ports),
-            "counters": dict(
-                sorted(
-                    {
-                        **self.gw.counters,
-                        **self.conntrack.counters,
-                        **self.executor.counters,
-                        **self.counters,
-                    }.items()
-                )
-            ),
+            "counters": dict(sorted(self.counters.items())),
         }
 
     def _kernel_expectations(self) -> int | None:
@@ -155,7 +148,7 @@ class Daemon:
                             self.metrics.update(self.status(ask_kernel=False))
                         self._metrics_due = now + 1.0
                 except Exception:  # never die: log, count, and keep reading the queue
-                    self._count("errors")
+                    self.counters["errors"] += 1
                     log.exception("internal error in the main loop")
                     time.sleep(0.01)  # bounded: a persistent fault cannot spin the CPU
         finally:
@@ -184,8 +177,8 @@ class Daemon:
             entries = events.read_events()
             # The kernel dropped events (the socket's buffer overflowed): sessions of those
             # connections end by idle_timeout instead. Skipped: not of a control port.
-            self._count("destroy-events-lost", events.lost - lost)
-            self._count("destroy-events-skipped", events.skipped - skipped)
+            self.counters["destroy-events-lost"] += events.lost - lost
+            self.counters["destroy-events-skipped"] += events.skipped - skipped
             for entry in entries:
                 self._destroyed(entry)
         for nfq in busy:

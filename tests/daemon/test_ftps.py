@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -152,7 +153,7 @@ class Clock:
 
 def hook(sessions: dict[int, tuple[FlowKey, FlowKey]]) -> tuple[FtpsRanges, FakeSets, Clock]:
     sets, clock = FakeSets(), Clock()
-    ranges = FtpsRanges([PASSIVE, ACTIVE], sessions.get, {}, sets, clock)
+    ranges = FtpsRanges([PASSIVE, ACTIVE], sessions.get, Counter(), sets, clock)
     return ranges, sets, clock
 
 
