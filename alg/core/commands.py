@@ -66,9 +66,12 @@ class Drop(NamedTuple):
 
 
 class Lookup(NamedTuple):
-    """Find the conntrack entry the flow `key` belongs to; answer `Found` or `NotFound`."""
+    """Find the conntrack entry the flow `key` belongs to; answer `Found` or `NotFound`.
+    `from_server`: the packet came from the control port, so `key` turned round runs
+    client to server (which tells the adapter which way to ask first)."""
 
     key: FlowKey
+    from_server: bool = False
 
 
 class Reserve(NamedTuple):

@@ -145,7 +145,7 @@ class Gateway:
             out.append(Accept(handle))
             return out
         self._lookups[key] = [(seg, handle)]
-        out.append(Lookup(key))
+        out.append(Lookup(key, seg.sport in ports and seg.dport not in ports))
         return out
 
     def _feed(

@@ -14,6 +14,7 @@ import logging
 import random
 import socket
 from collections import Counter
+from collections.abc import Iterator
 
 from alg.core import DataExpectation, Dir, FlowKey, Found, NotFound, SeqAdjRecord
 from alg.kernel.ctnetlink import Ctnetlink
@@ -76,12 +77,18 @@ class ConntrackAdapter:
         self.owned: dict[int, Tuple] = {}
         self.holder: dict[Tuple, int] = {}
 
-    def lookup(self, key: FlowKey) -> Found | NotFound:
+    def lookup(self, key: FlowKey, from_server: bool = False) -> Found | NotFound:
         """The entry of a packet seen in mangle POSTROUTING: after DNAT, before SNAT, so its
-        tuple is the original or reply tuple, or one of them turned round."""
+        tuple is the original or reply tuple, or one of them turned round. Turned so that
+        it runs client to server (`from_server`: the packet came from the control port), it
+        is the original tuple behind masquerade: one request in the usual case, a second
+        through a port forward."""
         seen = to_tuple(key)
+        first, second = seen, seen.reversed()
+        if from_server:
+            first, second = second, first
         try:
-            entry = self.ct.get_conntrack(seen) or self.ct.get_conntrack(seen.reversed())
+            entry = self.ct.get_conntrack(first) or self.ct.get_conntrack(second)
         except CtnetlinkError as exc:
             self.counters["conntrack-lookup-error"] += 1
             log.warning("conntrack look-up of %s failed: %s", seen, exc)
@@ -118,11 +125,7 @@ class ConntrackAdapter:
         if previous is not None:  # newest wins; also frees the tuple if it is the same
             del self.holder[previous]
             self._delete(previous)
-        low, high = self.port_range
-        candidates = [exp.outside_port]
-        if not fixed:
-            candidates += [self.rng.randint(low, high) for _ in range(self.tries)]
-        for port in candidates:
+        for port in self._candidates(exp.outside_port, fixed):
             expected = expected_tuple(exp, port)
             try:
                 self.ct.create_expectation(
@@ -152,8 +155,17 @@ class ConntrackAdapter:
             self.owned[exp.session] = expected
             self.counters["expectation-created"] += 1
             return port
-        log.warning("session %d: no free outside port after %d tries", exp.session, len(candidates))
+        tries = 1 if fixed else 1 + self.tries
+        log.warning("session %d: no free outside port after %d tries", exp.session, tries)
         return None
+
+    def _candidates(self, proposed: int, fixed: bool) -> Iterator[int]:
+        """The proposed port, then (unless `fixed`) random ones, drawn only when needed."""
+        yield proposed
+        if not fixed:
+            low, high = self.port_range
+            for _ in range(self.tries):
+                yield self.rng.randint(low, high)
 
     def withdraw(self, exp: DataExpectation) -> None:
         """The session no longer needs `exp`: remove it unless already replaced."""

@@ -64,7 +64,7 @@ def log_report(report: Report) -> None:
 class ConntrackSide(Protocol):
     """What the executor asks of conntrack (ConntrackAdapter; a scripted kernel in tests)."""
 
-    def lookup(self, key: FlowKey) -> Found | NotFound: ...
+    def lookup(self, key: FlowKey, from_server: bool = False) -> Found | NotFound: ...
     def reserve(self, exp: DataExpectation, fixed: bool = False) -> int | None: ...
     def write_seqadj(self, original: FlowKey, direction: Dir, record: SeqAdjRecord) -> bool: ...
     def withdraw(self, exp: DataExpectation) -> None: ...
@@ -122,7 +122,7 @@ class Executor:
         elif isinstance(cmd, Withdraw):
             self.kernel.withdraw(cmd.expectation)
         elif isinstance(cmd, Lookup):
-            return self.gw.answer(self.kernel.lookup(cmd.key), self.clock())
+            return self.gw.answer(self.kernel.lookup(cmd.key, cmd.from_server), self.clock())
         elif isinstance(cmd, Reserve):
             exp = cmd.proposal
             port = self.kernel.reserve(exp, cmd.fixed)

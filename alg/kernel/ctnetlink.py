@@ -127,19 +127,20 @@ class Ctnetlink:
     # --- conntrack -------------------------------------------------------------------------
 
     def get_conntrack(self, seen: Tuple) -> Conntrack | None:
-        """The entry whose original or reply tuple is `seen` (a packet in raw PREROUTING)."""
-        for which in (m.CTA_TUPLE_ORIG, m.CTA_TUPLE_REPLY):
-            attrs = _tuple_attr(which, seen)
-            try:
-                replies = self._request(
-                    m.CT_GET, NLM_F_REQUEST | NLM_F_ACK, _AF[seen.family], attrs, None
-                )
-            except OSError as exc:
-                if exc.errno == errno.ENOENT:
-                    continue
-                raise _error(exc, f"conntrack lookup {seen}") from None
-            for data in replies:
-                return conntrack_from_message(data)
+        """The entry whose original or reply tuple is `seen` (a packet in raw PREROUTING).
+        One request: the kernel looks the tuple up in its hash, which holds both directions
+        of every entry, whichever attribute carries it."""
+        attrs = _tuple_attr(m.CTA_TUPLE_ORIG, seen)
+        try:
+            replies = self._request(
+                m.CT_GET, NLM_F_REQUEST | NLM_F_ACK, _AF[seen.family], attrs, None
+            )
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise _error(exc, f"conntrack lookup {seen}") from None
+        for data in replies:
+            return conntrack_from_message(data)
         return None
 
     def lookup(self, seen: Tuple) -> tuple[Tuple, Tuple] | None:

@@ -88,6 +88,6 @@ def started(gw: Gateway | None = None, **found: Any) -> Playbook:
     pb = Playbook(gw or Gateway())
     pb.server(b"220 ready\r\n")
     key = (S, 21, C, CPORT)
-    pb << (Lookup(key),)
+    pb << (Lookup(key, from_server=True),)
     pb.answer(pb.found(key, **found))
     return pb

@@ -46,7 +46,7 @@ class FakeKernel:
     fail_writes: bool = False
     taken: set[int] = field(default_factory=set)
 
-    def lookup(self, key: FlowKey) -> Found | NotFound:
+    def lookup(self, key: FlowKey, from_server: bool = False) -> Found | NotFound:
         self.journal.entries.append("lookup")
         return Found(key, ORIG, REPLY) if key in (ORIG, (S, 21, C, 40000)) else NotFound(key)
 

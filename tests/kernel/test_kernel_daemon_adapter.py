@@ -11,6 +11,7 @@ import pytest
 from alg.core import DataExpectation, Dir, Found, Kind, SeqAdjRecord
 from alg.daemon.conntrack import ConntrackAdapter, to_key
 from alg.kernel.ctnetlink import Ctnetlink, Tuple
+from alg.kernel.cttypes import Conntrack
 from tests.kernel.lab import INSIDE4, OUTSIDE4, ROUTER_OUT4, Lab
 
 pytestmark = pytest.mark.netns
@@ -105,3 +106,28 @@ def test_seqadj_record_is_written_and_read_back(lab: Lab, ct: Ctnetlink) -> None
     # The server side of the same connection finds the same entry (reply view turned round).
     reverse = (key[2], key[3], key[0], key[1])
     assert kernel.lookup(reverse) == again._replace(key=reverse)
+
+
+def test_a_greeting_is_looked_up_in_one_request(
+    lab: Lab, ct: Ctnetlink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first payload of a session is the server's greeting, seen in mangle POSTROUTING
+    as server -> the client's inside address: behind masquerade that is no tuple of the
+    entry, its reverse is the original. The adapter asks that way first."""
+    (master,) = _controls(lab, 1)
+    asked: list[Tuple] = []
+    real = ct.get_conntrack
+
+    def counted(seen: Tuple) -> Conntrack | None:
+        asked.append(seen)
+        return real(seen)
+
+    monkeypatch.setattr(ct, "get_conntrack", counted)
+    kernel = ConntrackAdapter(ct, tries=4, port_range=(50000, 60000))
+    greeting = to_key(master.reversed())
+    found = kernel.lookup(greeting, from_server=True)
+    assert isinstance(found, Found) and found.original == to_key(master)
+    assert asked == [master]
+    asked.clear()
+    # Told nothing, the adapter still finds it, at the cost of a second request.
+    assert isinstance(kernel.lookup(greeting), Found) and asked == [master.reversed(), master]
