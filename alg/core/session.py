@@ -139,10 +139,10 @@ class Session(Dialogue):
                 out.append(Drop(twin[0] if keep_new else handle))
                 self.ctx.count("held.retransmission-dropped")
                 if keep_new:
-                    half.ooo[seq] = (handle, seg, ack)
+                    half.keep_ooo(seq, (handle, seg, ack))
                 return
             if len(half.ooo) < config.max_held:
-                half.ooo[seq] = (handle, seg, ack)
+                half.keep_ooo(seq, (handle, seg, ack))
                 if half.hole_passed():
                     yield from self._skip_hole(half, now, out)
                     return

@@ -51,6 +51,11 @@ class Held(NamedTuple):
     ack: int | None  # its ack as the sender means it (mapped back on arrival)
 
 
+# The table of out-of-order segments of every stream that has none: never written to
+# (`Stream.keep_ooo` replaces it first).
+_NO_OOO: dict[int, tuple[Handle, Segment, int | None]] = {}
+
+
 class Stream:
     """The bytes one side sends, as they cross the gateway."""
 
@@ -91,8 +96,10 @@ class Stream:
         self.line_hold = False  # the last held bytes end in a possibly address-bearing line
         self.hold_line = 0  # where that line starts
         self.hold_deadline: float | None = None
-        # Out-of-order segments by seq, with their acks as the sender means them.
-        self.ooo: dict[int, tuple[Handle, Segment, int | None]] = {}
+        # Out-of-order segments by seq, with their acks as the sender means them. Rare: every
+        # stream shares one empty table until `keep_ooo` gives it its own (memory per idle
+        # session).
+        self.ooo: dict[int, tuple[Handle, Segment, int | None]] = _NO_OOO
         self.tls: TlsWalker | None = None
         self.fin = False
 
@@ -106,6 +113,11 @@ class Stream:
         self.record = record
         self.exact = ExactMap(record.offset_after)
         self.record_end = None
+
+    def keep_ooo(self, seq: int, item: tuple[Handle, Segment, int | None]) -> None:
+        if self.ooo is _NO_OOO:
+            self.ooo = {}
+        self.ooo[seq] = item
 
     @property
     def held_bytes(self) -> int:

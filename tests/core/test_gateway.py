@@ -300,6 +300,23 @@ def test_an_out_of_order_port_is_still_rewritten() -> None:
     assert not link.queued and not events(link, EventKind.GAP)
 
 
+def test_a_held_out_of_order_segment_stays_with_its_session() -> None:
+    """Two sessions on one gateway: what one holds out of order never reaches the other
+    (the streams' out-of-order tables start out shared and empty, to save memory)."""
+    gw = Gateway()
+    a = Link(gw, Peer(C, 40000, 1000, seen_as=C_OUT), Peer(S, 21, 5000))
+    b = Link(gw, Peer(C, 40001, 3000, seen_as=C_OUT), Peer(S, 21, 7000))
+    for link in (a, b):
+        link.handshake()
+        link.send(False, payload=b"220 ready\r\n")
+        link.send(True, payload=b"USER ftp\r\n")
+    a.send(True, payload=b"NOOP\r\n", seq=a.client.seq + 100, advance=False)
+    assert len(a.queued) == 1
+    b.send(True, payload=b"PASS x\r\n")
+    assert bytes(b.at_server.stream) == b"USER ftp\r\nPASS x\r\n" and not b.queued
+    assert len(a.queued) == 1 and bytes(a.at_server.stream) == b"USER ftp\r\n"
+
+
 @st.composite
 def conversation(draw: st.DrawFn) -> list[bytes]:
     lines = []
