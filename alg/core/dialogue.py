@@ -18,6 +18,7 @@ from alg.core.policy import Plan, decide, decide_default
 from alg.core.protocol import (
     Address,
     Blind,
+    Closing,
     DefaultPort,
     Notice,
     Protocol,
@@ -37,7 +38,7 @@ Work = Generator[Reserve, "int | None", None]
 class Dialogue:
     """The line-reading half of a session (see the module docstring)."""
 
-    __slots__ = ("expect", "expect_deadline")
+    __slots__ = ("closing_at", "expect", "expect_deadline")
     # Set by Session.__init__:
     ctx: Context
     id: int
@@ -48,6 +49,7 @@ class Dialogue:
     reply: Stream
 
     def __init__(self) -> None:
+        self.closing_at: float | None = None  # when the connection began to end
         self.expect: DataExpectation | None = None  # the one outstanding per session
         self.expect_deadline = 0.0
 
@@ -86,6 +88,8 @@ class Dialogue:
                 self._go_blind(out)
             elif isinstance(meaning, DefaultPort):
                 yield from self._default_port(meaning.line, now, out)
+            elif isinstance(meaning, Closing) and self.closing_at is None:
+                self.closing_at = now  # the gateway forgets the session after `linger`
         if half.tls is not None and half.lines.partial:
             half.lines.reset(0)
 

@@ -28,11 +28,18 @@ inside the encrypted stream; the gateway notices only that clear text resumes wh
 record header should be (alg.core.tls), and goes back to COMMANDS with no pending commands.
 RFC 2228's ENC/MIC/CONF commands wrap commands in encoding the gateway cannot read: noted once.
 
+Closing. A final 221 or 421 (RFC 959 4.2: "closing control connection") means the server
+ends the connection: the session is CLOSING and `Closing` tells the gateway to forget it after
+its linger time. Only payload reaches the gateway, not the FINs that follow, and conntrack's
+end of the connection comes only after TIME_WAIT (120 s): without this, every finished
+session would stay tracked two minutes. Lines still read as in COMMANDS meanwhile.
+
 States (one per session)
 
     GREETING  --final reply-->      COMMANDS   (the server's 220 answers no command)
     COMMANDS  --234 to AUTH-->      BLIND
     BLIND     --clear text-->       COMMANDS
+    COMMANDS  --221 or 421-->       CLOSING    (a 421 greeting: GREETING, COMMANDS, CLOSING)
 
 A session joined mid-stream (after a restart or failover) starts in COMMANDS.
 """
@@ -50,18 +57,21 @@ class State(Enum):
     GREETING = "greeting"
     COMMANDS = "commands"
     BLIND = "blind"
+    CLOSING = "closing"
 
 
 class Signal(Enum):
     GREETED = "a final reply before any command"
     AUTH_ACCEPTED = "234 answering AUTH"
     CLEAR_TEXT = "clear text after TLS records"
+    SERVER_CLOSING = "a final 221 or 421"
 
 
 TRANSITIONS: dict[tuple[State, Signal], State] = {
     (State.GREETING, Signal.GREETED): State.COMMANDS,
     (State.COMMANDS, Signal.AUTH_ACCEPTED): State.BLIND,
     (State.BLIND, Signal.CLEAR_TEXT): State.COMMANDS,
+    (State.COMMANDS, Signal.SERVER_CLOSING): State.CLOSING,
 }
 
 ADDRESS_VERBS = (b"PORT", b"EPRT", b"LPRT")
@@ -73,6 +83,9 @@ _PROTECTED = frozenset((b"ENC", b"MIC", b"CONF"))
 # Commands that open a data connection (RFC 959 4.1.3, RFC 3659 7).
 TRANSFER_VERBS = frozenset((b"RETR", b"STOR", b"STOU", b"APPE", b"LIST", b"NLST", b"MLSD"))
 _DATA_PORT_VERBS = frozenset(ADDRESS_VERBS) | _PASSIVE_VERBS
+# RFC 959 4.2: 221 "Service closing control connection", 421 "Service not available,
+# closing control connection".
+_CLOSING_CODES = frozenset((b"221", b"421"))
 
 
 # ---- what a line means -----------------------------------------------------------------------
@@ -110,7 +123,11 @@ class DefaultPort(NamedTuple):
     line: bytes
 
 
-Meaning = Address | Refused | Notice | Blind | DefaultPort | None
+class Closing(NamedTuple):
+    """The server closes the control connection (a final 221 or 421)."""
+
+
+Meaning = Address | Refused | Notice | Blind | DefaultPort | Closing | None
 
 
 def verb_of(line: bytes) -> bytes:
@@ -208,6 +225,8 @@ class Protocol:
             final = code == open_code and line[3:4] == b" "
             if final:
                 self._multiline = None
+                if open_code in _CLOSING_CODES:
+                    return self._closing()
             if open_code in PASSIVE and not self._handled:
                 return self._passive(open_code, line, overflow, final)
             return None
@@ -231,7 +250,13 @@ class Protocol:
             self.signal(Signal.AUTH_ACCEPTED)
             self._multiline = None
             return Blind()
+        if final and code in _CLOSING_CODES:
+            return self._closing()
         return None
+
+    def _closing(self) -> Closing:
+        self.signal(Signal.SERVER_CLOSING)
+        return Closing()
 
     def _answer(self, code: bytes) -> bytes | None:
         """The command this reply answers (popped), None for preliminary or unmatched ones."""

@@ -34,7 +34,6 @@ class Session(Dialogue):
 
     __slots__ = (
         "busy",
-        "closing_at",
         "conn_id",
         "ctx",
         "family",
@@ -73,7 +72,6 @@ class Session(Dialogue):
                 stream.resume(record)
         super().__init__()
         self.last_seen = now
-        self.closing_at: float | None = None
         self.conn_id = 0  # conntrack's id of the connection, when the adapter knows it
         self.suspended: Work | None = None  # waiting for an answer
         self.busy: Handle | None = None  # the packet the suspended work is about

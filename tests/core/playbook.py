@@ -61,6 +61,11 @@ class Playbook:
         self.out = self.gw.answer(answer, self.now)
         return self
 
+    def tick(self, now: float) -> Playbook:
+        self.now = now
+        self.out = self.gw.tick(now)
+        return self
+
     def forget(self, conn_id: int = 0) -> Playbook:
         self.out = self.gw.forget(self.original, now=self.now, conn_id=conn_id)
         return self

@@ -20,7 +20,7 @@ from alg.core import (
     Withdraw,
     WriteSeqAdj,
 )
-from tests.core.playbook import C_OUT, CPORT, CPORT_OUT, C, S, started
+from tests.core.playbook import C_OUT, CPORT, CPORT_OUT, C, Playbook, S, started
 from tests.core.test_gateway import server_nat
 
 
@@ -126,3 +126,30 @@ def test_a_server_naming_its_public_address_is_forwarded_not_refused() -> None:
     link.send(True, payload=b"PASV\r\n")
     link.send(False, payload=b"227 Entering Passive Mode (198,51,100,99,117,48).\r\n")
     assert link.gw.counters["refusal.bounce"] == 1 and len(link.expectations) == 1
+
+
+def test_the_servers_221_ends_the_session_after_its_linger_time() -> None:
+    """Only payload is queued, so the FINs never reach the core and conntrack's end of the
+    connection comes after TIME_WAIT (120 s). The final 221 says the server closes: the
+    session goes after `linger`, not two minutes later."""
+    pb = started(Gateway(Config(linger=5.0)))
+    pb.client(b"QUIT\r\n") << (Accept,)
+    pb.server(b"221-Goodbye.\r\n") << (Accept,)  # not yet: a multi-line reply goes on
+    pb.tick(30.0)
+    assert pb.gw.session_count == 1
+    pb.server(b"221 Come back soon.\r\n") << (Accept,)
+    pb.tick(34.0) << ()
+    assert pb.gw.session_count == 1
+    pb.tick(35.5) << (EventKind.SESSION_END,)
+    assert pb.gw.session_count == 0
+
+
+def test_a_421_greeting_ends_the_session_too() -> None:
+    """RFC 959 4.2's 421 (service not available, closing control connection), here as the
+    greeting of a full server."""
+    pb = Playbook(Gateway(Config(linger=5.0)))
+    key = (S, 21, C, CPORT)
+    pb.server(b"421 Too many users.\r\n") << (Lookup(key, from_server=True),)
+    pb.answer(pb.found(key)) << (EventKind.SESSION_NEW, Accept)
+    pb.tick(6.0) << (EventKind.SESSION_END,)
+    assert pb.gw.session_count == 0

@@ -291,14 +291,26 @@ def _package_files() -> list[Path]:
     return sorted((ROOT / "alg/core").glob("*.py")) + sorted((ROOT / "alg/daemon").glob("*.py"))
 
 
+def _tallied(path: Path) -> set[str]:
+    """Names counted as `....counters["name"] += n` (the daemon's one tally)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Subscript):
+            owner = node.target.value
+            if isinstance(owner, ast.Attribute) and owner.attr == "counters":
+                names |= _constant(node.target.slice)
+    return names
+
+
 def counters_and_events() -> set[str]:
     """Every constant counter name and event kind the core and the daemon produce."""
     names: set[str] = set()
     for path in _package_files():
         for call in _calls(path):
             callee = _callee(call)
-            if callee in ("count", "_count") and call.args:
+            if callee == "count" and call.args:
                 names |= _constant(call.args[0])
+        names |= _tallied(path)
     return names | {str(k) for k in EventKind}
 
 
