@@ -99,6 +99,10 @@ class Gateway:
         found = self._flows.get(key)
         return found is not None and found[0].closing_at is not None
 
+    def connections(self) -> list[tuple[FlowKey, int]]:
+        """Every session's conntrack original tuple and conntrack id (0 if unknown)."""
+        return [(s.tuples[0], s.conn_id) for s in self._sessions.values()]
+
     def session_tuples(self, session: int) -> tuple[FlowKey, FlowKey] | None:
         s = self._sessions.get(session)
         return None if s is None else s.tuples

@@ -24,6 +24,7 @@ from alg.daemon.ftps import FtpsRanges
 from alg.daemon.metrics import Metrics
 from alg.daemon.queueflags import set_fail_open
 from alg.daemon.ratelimit import RateLimitFilter
+from alg.daemon.recheck import Recheck
 from alg.daemon.settings import Settings
 from alg.daemon.status import StatusServer
 from alg.kernel.ctevents import DestroyListener
@@ -50,6 +51,7 @@ class Daemon:
         # A taken port raises OSError here, which `ftp-alg run` reports as "cannot start".
         self.metrics = Metrics(settings.metrics_listen or None)
         self._metrics_due = 0.0
+        self.recheck = Recheck()
         self.started = time.time()
         self.stop = False
 
@@ -140,6 +142,8 @@ class Daemon:
             while not self.stop:
                 now = time.monotonic()
                 timeout = min(1.0, max(0.0, self.gw.next_tick() - now))
+                if self.recheck.pending:
+                    timeout = 0.0
                 ready, _, _ = select.select(fds, [], [], timeout)
                 if rd in ready:
                     os.read(rd, 512)
@@ -181,12 +185,21 @@ class Daemon:
         if events.fileno() in ready:
             lost, skipped = events.lost, events.skipped
             entries = events.read_events()
-            # The kernel dropped events (the socket's buffer overflowed): sessions of those
-            # connections end by idle_timeout instead. Skipped: not of a control port.
+            # The kernel dropped events (the socket's buffer overflowed): every session's
+            # connection is looked up again (alg/daemon/recheck.py). Skipped: not of a
+            # control port.
             self.counters["destroy-events-lost"] += events.lost - lost
             self.counters["destroy-events-skipped"] += events.skipped - skipped
             for entry in entries:
                 self._destroyed(entry)
+            if events.lost != lost:  # some sessions' ends were among the lost events
+                self.recheck.start(self.gw.connections())
+        if self.recheck.pending:
+            now = time.monotonic()
+            for key, conn_id in self.recheck.step(self.ct):
+                self.counters["destroy-recheck-forgotten"] += 1
+                reason = "conntrack no longer has the connection (its destroy event was lost)"
+                self.executor.run(self.gw.forget(key, reason, now, conn_id))
         for nfq in busy:
             nfq.run(block=False)
         if status.fileno() in ready:

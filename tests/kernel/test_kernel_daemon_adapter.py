@@ -10,6 +10,7 @@ import pytest
 
 from alg.core import DataExpectation, Dir, Found, Kind, SeqAdjRecord
 from alg.daemon.conntrack import ConntrackAdapter, to_key
+from alg.daemon.recheck import Recheck
 from alg.kernel.ctnetlink import Ctnetlink, Tuple
 from alg.kernel.cttypes import Conntrack
 from tests.kernel.lab import INSIDE4, OUTSIDE4, ROUTER_OUT4, Lab
@@ -131,3 +132,30 @@ def test_a_greeting_is_looked_up_in_one_request(
     asked.clear()
     # Told nothing, the adapter still finds it, at the cost of a second request.
     assert isinstance(kernel.lookup(greeting), Found) and asked == [master.reversed(), master]
+
+
+def test_after_lost_destroy_events_gone_connections_are_found(lab: Lab, ct: Ctnetlink) -> None:
+    """The re-check after a loss (alg/daemon/recheck.py): a connection conntrack deleted, and
+    one whose tuple now belongs to another conntrack id, come back to be forgotten; a live
+    one stays."""
+    alive, deleted, replaced = _controls(lab, 3)
+    ids = {}
+    for master in (alive, deleted, replaced):
+        entry = ct.get_conntrack(master)
+        assert entry is not None
+        ids[master] = entry.id
+    lab.run(
+        lab.router,
+        *("conntrack", "-D", "-p", "tcp", "--orig-src", deleted.src),
+        *("--orig-port-src", str(deleted.sport)),
+    )
+    recheck = Recheck()
+    older = ids[replaced] + 1  # as if the session had known an older connection
+    recheck.start(
+        [(to_key(alive), ids[alive]), (to_key(deleted), ids[deleted]), (to_key(replaced), older)]
+    )
+    gone = recheck.step(ct, batch=2)
+    assert recheck.pending  # bounded: the third waits for the next turn
+    gone += recheck.step(ct, batch=2)
+    assert not recheck.pending
+    assert sorted(gone) == sorted([(to_key(deleted), ids[deleted]), (to_key(replaced), older)])
