@@ -1,0 +1,101 @@
+"""The loop's part of the re-check after lost destroy events (alg/daemon/recheck.py): a loss
+starts it, and a connection conntrack no longer has ends its session. The event socket and
+conntrack are scripted here (a real overflow of the event socket is not reproducible on
+demand); tests/kernel/test_kernel_daemon_adapter.py runs the look-ups against the kernel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from alg.core import Found, Lookup
+from alg.core.packet import ACK, PSH, build
+from alg.daemon.loop import Daemon
+from alg.daemon.settings import Settings
+from alg.kernel.cttypes import Conntrack
+from tests.tcpsim import ip
+
+C, C_OUT, S = ip("192.168.0.1"), ip("192.168.15.5"), ip("198.51.100.2")
+ORIG, REPLY = (C, 40000, S, 21), (S, 21, C_OUT, 40000)
+
+
+@dataclass
+class Events:
+    """A DestroyListener whose next read reports `lose` dropped events."""
+
+    lose: int = 0
+    lost: int = 0
+    skipped: int = 0
+
+    def fileno(self) -> int:
+        return 1000
+
+    def read_events(self) -> list[Conntrack]:
+        self.lost += self.lose
+        return []
+
+
+@dataclass
+class Kernel:
+    """Conntrack as the re-check sees it: nothing is left."""
+
+    asked: list[Any] = field(default_factory=list)
+
+    def get_conntrack(self, seen: Any) -> Conntrack | None:
+        self.asked.append(seen)
+        return None
+
+
+class NoStatus:
+    """The status socket, never ready here."""
+
+    def fileno(self) -> int:
+        return -1
+
+
+class Packet:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def get_payload(self) -> bytes:
+        return self.data
+
+    def accept(self) -> None:
+        pass
+
+
+def _daemon_with_a_session() -> Daemon:
+    daemon = Daemon(Settings())
+    greeting = build(S, C, 21, 40000, 5000, 1000, ACK | PSH, b"220 ready\r\n")
+    pkt = Packet(greeting)
+    for cmd in daemon.gw.packet(pkt, greeting, 0.0):
+        if isinstance(cmd, Lookup):
+            daemon.gw.answer(Found(cmd.key, ORIG, REPLY, conn_id=7), 0.0)
+    assert daemon.gw.session_count == 1
+    return daemon
+
+
+def test_a_lost_destroy_event_leads_to_the_gone_session_being_forgotten() -> None:
+    daemon = _daemon_with_a_session()
+    kernel = Kernel()
+    daemon.ct = kernel  # type: ignore[assignment]
+    events = Events(lose=1)
+    try:
+        daemon._turn([events.fileno()], [], events, NoStatus())  # type: ignore[arg-type]
+        assert daemon.gw.session_count == 0 and len(kernel.asked) == 1
+        assert daemon.counters["destroy-events-lost"] == 1
+        assert daemon.counters["destroy-recheck-forgotten"] == 1
+    finally:
+        daemon.metrics.close()
+
+
+def test_without_a_loss_nothing_is_looked_up() -> None:
+    daemon = _daemon_with_a_session()
+    kernel = Kernel()
+    daemon.ct = kernel  # type: ignore[assignment]
+    events = Events(lose=0)
+    try:
+        daemon._turn([events.fileno()], [], events, NoStatus())  # type: ignore[arg-type]
+        assert daemon.gw.session_count == 1 and kernel.asked == []
+    finally:
+        daemon.metrics.close()
