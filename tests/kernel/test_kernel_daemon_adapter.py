@@ -11,7 +11,7 @@ import pytest
 from alg.core import DataExpectation, Dir, Found, Kind, SeqAdjRecord
 from alg.daemon.conntrack import ConntrackAdapter, to_key
 from alg.kernel.ctnetlink import Ctnetlink, Tuple
-from tests.kernel.lab import INSIDE4, OUTSIDE4, ROUTER_OUT4, Lab
+from tests.kernel.lab import CLIENT4, OUTSIDE4, ROUTER_OUT4, Lab
 
 pytestmark = pytest.mark.netns
 
@@ -29,7 +29,7 @@ def _expectation(session: int, master: Tuple, port: int) -> DataExpectation:
         _raw(OUTSIDE4),
         _raw(ROUTER_OUT4),
         port,
-        _raw(INSIDE4),
+        _raw(CLIENT4),
         port,
         Dir.REPLY,
         30.0,
@@ -43,7 +43,7 @@ def test_an_ended_session_does_not_delete_a_newer_sessions_expectation(
     lab.listen(lab.outside, OUTSIDE4, 21)
     masters = []
     for _ in range(2):
-        sock = lab.connect(lab.inside, OUTSIDE4, 21)
+        sock = lab.connect(lab.client, OUTSIDE4, 21)
         src, sport = sock.getsockname()[:2]
         masters.append(Tuple(4, 6, src, OUTSIDE4, sport, 21))
     kernel = ConntrackAdapter(ct, tries=4, port_range=(50000, 60000))
@@ -66,7 +66,7 @@ def _controls(lab: Lab, n: int) -> list[Tuple]:
 
 
 def _connect(lab: Lab) -> Tuple:
-    sock = lab.connect(lab.inside, OUTSIDE4, 21)
+    sock = lab.connect(lab.client, OUTSIDE4, 21)
     src, sport = sock.getsockname()[:2]
     return Tuple(4, 6, src, OUTSIDE4, sport, 21)
 
