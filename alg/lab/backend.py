@@ -86,11 +86,17 @@ def up(
     topology_path: Path = DEFAULT_PATH,
     replace: bool = False,
     with_ha: bool = False,
+    servers: bool = True,
+    names: Callable[[str], str] | None = None,
     log: Log = _stderr,
 ) -> None:
     """Build and provision the lab (`with_ha`: the two-router failover lab of
     topology-ha.json). An existing lab of the same prefix is an error unless `replace`, which
-    tears it down first. A failure half-way tears down what was built."""
+    tears it down first. A failure half-way tears down what was built.
+
+    `servers=False` leaves the FTP servers out (the server nodes get their routes only): the
+    bare NAT network the kernel tests run their own sockets through. `names` maps a node to
+    its namespace name (default `<prefix>-<node>`); the record keeps them for `down`."""
     _require_root()
     if with_ha and topology_path == DEFAULT_PATH:
         topology_path = HA_PATH
@@ -104,14 +110,17 @@ def up(
                 "or `ftp-alg lab up --replace`"
             )
         down(prefix, log=log)
-    record = state.LabRecord(
-        prefix, str(topology_path.resolve()), {n: namespace(prefix, n) for n in topo.nodes}
-    )
+    spaces = {n: names(n) if names else namespace(prefix, n) for n in topo.nodes}
+    record = state.LabRecord(prefix, str(topology_path.resolve()), spaces)
     state.save(record)
     try:
         _wire(record, topo, log)
         for node in _order(topo):
-            args = ["up", gateway] if topo.nodes[node].role == "router" else ["up"]
+            role = topo.nodes[node].role
+            if role == "router":
+                args = ["up", gateway]
+            else:
+                args = ["routes"] if role == "ftp-server" and not servers else ["up"]
             provision(record, topo, node, args)
     except BaseException:
         log(f"lab '{prefix}': up failed, tearing down what was built")

@@ -2,17 +2,22 @@
 
 Everything goes through iproute2's `ip` so that what the lab does can be replayed by hand from
 the log. Links are created directly inside their namespaces (`ip link add ... netns`), so no
-interface, address or rule ever appears in the root namespace, not even for a moment.
+interface, address or rule ever appears in the root namespace, not even for a moment. The one
+exception is `enter`, for tests that open sockets inside a namespace from their own process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 NETNS_DIR = Path("/run/netns")
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)  # os.setns arrives with Python 3.12
 
 
 class CommandError(RuntimeError):
@@ -48,6 +53,45 @@ def run(
 
 def in_ns(ns: str, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", ns, *argv]
+
+
+def run_in(
+    ns: str,
+    *argv: str,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """`run` of argv inside namespace ns."""
+    return run(in_ns(ns, argv), env=env, timeout=timeout, check=check)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextlib.contextmanager
+def enter(ns: str) -> Iterator[None]:
+    """Run the block with the calling thread (only it) in namespace ns, then switch it back.
+
+    A socket stays in the namespace it was created in, so a test opens its sockets (or a
+    netlink handle) in here and uses them from anywhere afterwards.
+    """
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(NETNS_DIR / ns, os.O_RDONLY)
+        try:
+            _setns(target)
+            try:
+                yield
+            finally:
+                _setns(own)
+        finally:
+            os.close(target)
+    finally:
+        os.close(own)
 
 
 def exists(ns: str) -> bool:

@@ -1,4 +1,5 @@
-"""Fixtures for the kernel-adapter tests: a NAT lab in namespaces named tk-*-PID.
+"""Fixtures for the kernel-adapter tests: alg/lab's NAT lab, without servers, in namespaces
+named tk-<node>-PID (tests/kernel/lab.py).
 
 The lab is built once per session and destroyed at its end (also after failures); each test
 gets it back with no ftp-alg rules, no conntrack entries, no expectations, no open sockets.
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from alg.kernel.ctnetlink import Ctnetlink
+from alg.lab import netns
 from tests.kernel import lab as lab_module
 from tests.kernel.lab import Lab
 
@@ -31,7 +33,7 @@ def lab_session() -> Iterator[Lab]:
     reason = _lab_unavailable()
     if reason:
         pytest.skip(reason)
-    built = lab_module.build(str(os.getpid()))
+    built = lab_module.build(os.getpid())
     try:
         yield built
     finally:
@@ -51,7 +53,7 @@ def lab(lab_session: Lab) -> Iterator[Lab]:
 @pytest.fixture
 def ct(lab: Lab) -> Iterator[Ctnetlink]:
     """A ctnetlink socket opened in the router's namespace."""
-    with lab_module.netns(lab.router):
+    with netns.enter(lab.router):
         handle = Ctnetlink()
     try:
         yield handle

@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
+from alg.lab import netns
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PREFIX = os.environ.get("FTP_ALG_TEST_LAB", "") + "hd"
 
@@ -27,15 +29,6 @@ def unavailable() -> str | None:
     return None
 
 
-def run(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=60, check=False
-    )
-    if check and done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: rc={done.returncode} {done.stderr.strip()}")
-    return done
-
-
 def probe_argv(*args: str, python: str = sys.executable) -> list[str]:
     """Command line of tests/kernel/nfq_probe.py with this interpreter (or `python`)."""
     return [python, "-m", "tests.kernel.nfq_probe", *args]
@@ -43,7 +36,7 @@ def probe_argv(*args: str, python: str = sys.executable) -> list[str]:
 
 def popen(ns: str, argv: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        ["ip", "netns", "exec", ns, *argv],
+        netns.in_ns(ns, argv),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -60,19 +53,18 @@ def namespace(role: str) -> Iterator[str]:
     if reason:
         pytest.skip(reason)
     name = f"{PREFIX}-{role}-{os.getpid()}"
-    subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
+    netns.delete(name)
+    netns.add(name)
     try:
-        run(name, "ip", "link", "set", "lo", "up")
         yield name
     finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False, timeout=30)
+        netns.delete(name)
 
 
 def queue_stats(ns: str, queue: int) -> dict[str, int]:
     """The queue's line in /proc/net/netfilter/nfnetlink_queue (empty if not bound)."""
     names = ("queue", "portid", "total", "copy_mode", "copy_range", "dropped", "user_dropped")
-    text = run(ns, "cat", "/proc/net/netfilter/nfnetlink_queue").stdout
+    text = netns.run_in(ns, "cat", "/proc/net/netfilter/nfnetlink_queue").stdout
     for line in text.splitlines():
         values = [int(v) for v in line.split()]
         if values and values[0] == queue:

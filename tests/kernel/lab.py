@@ -1,76 +1,45 @@
-"""A three-namespace NAT lab for the kernel-adapter tests.
+"""The kernel-adapter tests' lab: the product's lab (alg/lab, topology.json, router.sh) without
+its FTP servers and daemon, in namespaces named tk-<node>-PID.
 
-    tk-cli-PID (inside host)  --in0--  tk-rtr-PID (NAT router)  --out0--  tk-srv-PID (outside)
-    10.77.1.2, fd77:1::2        10.77.1.1 | 198.51.100.1                  198.51.100.2, fd77:2::2
-                                fd77:1::1 | fd77:2::1
+    client (lan) --- router (NAT) --- server (wan: the outside host)
+                       |
+                     inside (dmz: public port 21 forwarded to it)
 
 The router masquerades (IPv4 and IPv6) toward the outside and forwards public port 21 to the
-inside host (DNAT), so the inside host is the client in one case and the server in the other.
-Sockets are opened inside a namespace by switching the calling thread there for the duration
-of the `socket()` call; a socket stays in the namespace it was created in.
+inside host (DNAT), so the tests play the client's and the inside server's part with their own
+sockets, opened inside a namespace with `alg.lab.netns.enter`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
+from alg.lab import backend, netns
+from alg.lab.topology import load
 
-INSIDE4, ROUTER_IN4, ROUTER_OUT4, OUTSIDE4 = (
-    "10.77.1.2",
-    "10.77.1.1",
-    "198.51.100.1",
-    "198.51.100.2",
-)
-INSIDE6, ROUTER_IN6, ROUTER_OUT6, OUTSIDE6 = "fd77:1::2", "fd77:1::1", "fd77:2::1", "fd77:2::2"
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-@contextlib.contextmanager
-def netns(name: str) -> Iterator[None]:
-    """Run the block with the calling thread in network namespace `name`."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(own)
-    finally:
-        os.close(target)
-        os.close(own)
-
-
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    if check and done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: rc={done.returncode} {done.stderr.strip()}")
-    return done
+_TOPO = load()
+_CLIENT, _OUTSIDE = _TOPO.address(_TOPO.client), _TOPO.address(_TOPO.outside_server)
+CLIENT4, CLIENT6 = _CLIENT.ipv4, _CLIENT.ipv6
+INSIDE4, INSIDE6 = _TOPO.inside.ipv4, _TOPO.inside.ipv6
+ROUTER_OUT4, ROUTER_OUT6 = _TOPO.public.ipv4, _TOPO.public.ipv6  # the router's public address
+OUTSIDE4, OUTSIDE6 = _OUTSIDE.ipv4, _OUTSIDE.ipv6
 
 
 @dataclass
 class Lab:
-    inside: str
+    prefix: str  # names the lab's state (/run/ftp-alg-lab/<prefix>), not its namespaces
+    client: str
     router: str
+    inside: str
     outside: str
     sockets: list[socket.socket] = field(default_factory=list)
 
     def run(self, ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return sh("ip", "netns", "exec", ns, *argv, check=check)
+        return netns.run_in(ns, *argv, check=check, timeout=60)
 
     def ftp_alg(self, *argv: str) -> subprocess.CompletedProcess[str]:
         """The real CLI, run inside the router namespace."""
@@ -88,14 +57,14 @@ class Lab:
 
     def listen(self, ns: str, addr: str, port: int) -> socket.socket:
         family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-        with netns(ns):
+        with netns.enter(ns):
             sock = socket.create_server((addr, port), family=family)
         sock.settimeout(5)
         self.sockets.append(sock)
         return sock
 
     def connect(self, ns: str, addr: str, port: int, timeout: float = 5) -> socket.socket:
-        with netns(ns):
+        with netns.enter(ns):
             sock = socket.create_connection((addr, port), timeout=timeout)
         self.sockets.append(sock)
         return sock
@@ -111,70 +80,20 @@ class Lab:
         self.run(self.router, "conntrack", "-F", "expect", check=False)
 
 
-def build(suffix: str) -> Lab:
-    lab = Lab(f"tk-cli-{suffix}", f"tk-rtr-{suffix}", f"tk-srv-{suffix}")
-    names = (lab.inside, lab.router, lab.outside)
-    try:
-        for ns in names:
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        r = ("ip", "-n", lab.router)
-        sh(*r, "link", "add", "in0", "type", "veth", "peer", "name", "eth0", "netns", lab.inside)
-        sh(*r, "link", "add", "out0", "type", "veth", "peer", "name", "eth0", "netns", lab.outside)
-        for ns, dev, addrs in (
-            (lab.router, "in0", (f"{ROUTER_IN4}/24", f"{ROUTER_IN6}/64")),
-            (lab.router, "out0", (f"{ROUTER_OUT4}/24", f"{ROUTER_OUT6}/64")),
-            (lab.inside, "eth0", (f"{INSIDE4}/24", f"{INSIDE6}/64")),
-            (lab.outside, "eth0", (f"{OUTSIDE4}/24", f"{OUTSIDE6}/64")),
-        ):
-            for addr in addrs:
-                extra = ("nodad",) if ":" in addr else ()
-                sh("ip", "-n", ns, "addr", "add", addr, "dev", dev, *extra)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-        sh("ip", "-n", lab.inside, "route", "add", "default", "via", ROUTER_IN4)
-        sh("ip", "-n", lab.inside, "-6", "route", "add", "default", "via", ROUTER_IN6)
-        lab.run(lab.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        lab.run(lab.router, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
-        for tool in ("iptables", "ip6tables"):
-            lab.run(
-                lab.router,
-                tool,
-                "-w",
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                "out0",
-                "-j",
-                "MASQUERADE",
-            )
-        lab.run(
-            lab.router,
-            "iptables",
-            "-w",
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-i",
-            "out0",
-            "-p",
-            "tcp",
-            "--dport",
-            "21",
-            "-j",
-            "DNAT",
-            "--to-destination",
-            f"{INSIDE4}:21",
-        )
-    except BaseException:
-        destroy(lab)
-        raise
-    return lab
+def build(pid: int) -> Lab:
+    """The lab of test process `pid` (its state prefix `tk<pid in hex>`: 8 characters at most)."""
+
+    def name(node: str) -> str:
+        return f"tk-{node}-{pid}"
+
+    prefix = f"tk{pid:x}"
+    backend.up(prefix, "none", servers=False, names=name, replace=True, log=lambda _: None)
+    inside = str(_TOPO.nat["forward_node"])
+    return Lab(
+        prefix, name(_TOPO.client), name(_TOPO.router), name(inside), name(_TOPO.outside_server)
+    )
 
 
 def destroy(lab: Lab) -> None:
     lab.close_sockets()
-    for ns in (lab.inside, lab.router, lab.outside):
-        sh("ip", "netns", "del", ns, check=False)
+    backend.down(lab.prefix, log=lambda _: None)

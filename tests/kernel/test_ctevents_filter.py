@@ -13,7 +13,8 @@ import time
 import pytest
 
 from alg.kernel.ctevents import DestroyListener
-from tests.kernel.lab import Lab, netns
+from alg.lab import netns
+from tests.kernel.lab import Lab
 
 pytestmark = pytest.mark.netns
 
@@ -28,7 +29,7 @@ ENTRIES = {  # source port: conntrack -I arguments
 
 
 def test_only_destroyed_connections_that_had_a_reply_are_read(lab: Lab) -> None:
-    with netns(lab.router):
+    with netns.enter(lab.router):
         listener = DestroyListener()  # before the entries: see ctevents' docstring
     with listener:
         for sport, args in ENTRIES.items():

@@ -14,15 +14,16 @@ import pytest
 
 from alg.kernel.ctevents import DestroyListener
 from alg.kernel.ctnetlink import Ctnetlink, CtnetlinkError, ExpectationExists, Tuple
+from alg.lab import netns
 from tests.kernel.lab import (
+    CLIENT4,
+    CLIENT6,
     INSIDE4,
-    INSIDE6,
     OUTSIDE4,
     OUTSIDE6,
     ROUTER_OUT4,
     ROUTER_OUT6,
     Lab,
-    netns,
 )
 
 pytestmark = pytest.mark.netns
@@ -34,11 +35,11 @@ def apply_rules(lab: Lab) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def control_from_inside(lab: Lab, v6: bool = False) -> tuple[socket.socket, Tuple]:
-    """An inside client's (masqueraded) control connection to the outside server's port 21."""
+def control_from_client(lab: Lab, v6: bool = False) -> tuple[socket.socket, Tuple]:
+    """The LAN client's (masqueraded) control connection to the outside server's port 21."""
     server = OUTSIDE6 if v6 else OUTSIDE4
     lab.listen(lab.outside, server, 21)
-    sock = lab.connect(lab.inside, server, 21)
+    sock = lab.connect(lab.client, server, 21)
     src, sport = sock.getsockname()[:2]
     return sock, Tuple(6 if v6 else 4, 6, src, server, sport, 21)
 
@@ -69,7 +70,7 @@ def expect_list(lab: Lab) -> str:
 
 
 def test_lookup_masqueraded_connection(lab: Lab, ct: Ctnetlink) -> None:
-    _sock, orig = control_from_inside(lab)
+    _sock, orig = control_from_client(lab)
     # As a reply packet is seen in raw PREROUTING: server:21 -> router's public address.
     seen_reply = Tuple(4, 6, OUTSIDE4, ROUTER_OUT4, 21, orig.sport)
 
@@ -94,7 +95,7 @@ def test_lookup_dnat_connection(lab: Lab, ct: Ctnetlink) -> None:
 
 
 def test_lookup_ipv6_and_unknown(lab: Lab, ct: Ctnetlink) -> None:
-    _sock, orig = control_from_inside(lab, v6=True)
+    _sock, orig = control_from_client(lab, v6=True)
     found = ct.lookup(orig)
     assert found is not None
     assert found[1] == Tuple(6, 6, OUTSIDE6, ROUTER_OUT6, 21, found[1].dport)
@@ -105,19 +106,19 @@ def test_lookup_ipv6_and_unknown(lab: Lab, ct: Ctnetlink) -> None:
 
 
 def test_client_side_expectation_carries_active_data_connection(lab: Lab, ct: Ctnetlink) -> None:
-    """PORT from an inside client: NAT_DIR 1, the server connects to public:port."""
+    """PORT from the LAN client: NAT_DIR 1, the server connects to public:port."""
     apply_rules(lab)
-    _sock, master = control_from_inside(lab)
+    _sock, master = control_from_client(lab)
     client_port, public_port = next(_ports), next(_ports)
-    data_listener = lab.listen(lab.inside, INSIDE4, client_port)
+    data_listener = lab.listen(lab.client, CLIENT4, client_port)
     expected = Tuple(4, 6, OUTSIDE4, ROUTER_OUT4, 0, public_port)
 
-    ct.create_expectation(master, expected, 1, INSIDE4, client_port, timeout=42)
+    ct.create_expectation(master, expected, 1, CLIENT4, client_port, timeout=42)
 
     listed = ct.list_expectations()
     assert [e.expected for e in listed] == [expected]
     assert listed[0].master == master
-    assert (listed[0].nat_dir, listed[0].nat_addr, listed[0].nat_port) == (1, INSIDE4, client_port)
+    assert (listed[0].nat_dir, listed[0].nat_addr, listed[0].nat_port) == (1, CLIENT4, client_port)
     assert listed[0].fn == "nat-follow-master"
     assert 40 <= listed[0].timeout <= 42  # the update replaced sane's 300 s
     assert (listed[0].mask.sport, listed[0].mask.dport) == (0, 0xFFFF)
@@ -130,11 +131,11 @@ def test_client_side_expectation_carries_active_data_connection(lab: Lab, ct: Ct
 
 def test_delete_expectation(lab: Lab, ct: Ctnetlink) -> None:
     apply_rules(lab)
-    _sock, master = control_from_inside(lab)
+    _sock, master = control_from_client(lab)
     public_port = next(_ports)
-    lab.listen(lab.inside, INSIDE4, public_port)
+    lab.listen(lab.client, CLIENT4, public_port)
     expected = Tuple(4, 6, OUTSIDE4, ROUTER_OUT4, 0, public_port)
-    ct.create_expectation(master, expected, 1, INSIDE4, public_port, timeout=30)
+    ct.create_expectation(master, expected, 1, CLIENT4, public_port, timeout=30)
     assert f"dport={public_port}" in expect_list(lab)
 
     assert ct.delete_expectation(expected) is True
@@ -165,12 +166,12 @@ def test_server_side_expectation_carries_passive_data_connection(lab: Lab, ct: C
 
 def test_ipv6_client_side_expectation(lab: Lab, ct: Ctnetlink) -> None:
     apply_rules(lab)
-    _sock, master = control_from_inside(lab, v6=True)
+    _sock, master = control_from_client(lab, v6=True)
     client_port, public_port = next(_ports), next(_ports)
-    data_listener = lab.listen(lab.inside, INSIDE6, client_port)
+    data_listener = lab.listen(lab.client, CLIENT6, client_port)
     expected = Tuple(6, 6, OUTSIDE6, ROUTER_OUT6, 0, public_port)
 
-    ct.create_expectation(master, expected, 1, INSIDE6, client_port, timeout=30)
+    ct.create_expectation(master, expected, 1, CLIENT6, client_port, timeout=30)
     assert [e.expected for e in ct.list_expectations(master)] == [expected]
 
     got = transfer(lab, data_listener, lab.outside, ROUTER_OUT6, public_port)
@@ -179,26 +180,26 @@ def test_ipv6_client_side_expectation(lab: Lab, ct: Ctnetlink) -> None:
 
 def test_same_tuple_from_two_masters_raises_exists(lab: Lab, ct: Ctnetlink) -> None:
     apply_rules(lab)
-    _s1, first = control_from_inside(lab)
-    second_sock = lab.connect(lab.inside, OUTSIDE4, 21)
-    second = Tuple(4, 6, INSIDE4, OUTSIDE4, second_sock.getsockname()[1], 21)
+    _s1, first = control_from_client(lab)
+    second_sock = lab.connect(lab.client, OUTSIDE4, 21)
+    second = Tuple(4, 6, CLIENT4, OUTSIDE4, second_sock.getsockname()[1], 21)
     public_port = next(_ports)
     expected = Tuple(4, 6, OUTSIDE4, ROUTER_OUT4, 0, public_port)
-    ct.create_expectation(first, expected, 1, INSIDE4, public_port, timeout=30)
+    ct.create_expectation(first, expected, 1, CLIENT4, public_port, timeout=30)
 
     with pytest.raises(ExpectationExists) as raised:
-        ct.create_expectation(second, expected, 1, INSIDE4, public_port, timeout=30)
+        ct.create_expectation(second, expected, 1, CLIENT4, public_port, timeout=30)
 
     assert raised.value.errno == errno.EEXIST
     assert [e.master for e in ct.list_expectations()] == [first]  # the first one untouched
 
 
 def test_without_anchor_the_error_says_apply_the_rules(lab: Lab, ct: Ctnetlink) -> None:
-    _sock, master = control_from_inside(lab)  # no rules: no helper on the connection
+    _sock, master = control_from_client(lab)  # no rules: no helper on the connection
     expected = Tuple(4, 6, OUTSIDE4, ROUTER_OUT4, 0, next(_ports))
 
     with pytest.raises(CtnetlinkError) as raised:
-        ct.create_expectation(master, expected, 1, INSIDE4, 50000, timeout=30)
+        ct.create_expectation(master, expected, 1, CLIENT4, 50000, timeout=30)
 
     assert raised.value.errno == errno.EOPNOTSUPP
     assert not isinstance(raised.value, ExpectationExists)
@@ -206,10 +207,10 @@ def test_without_anchor_the_error_says_apply_the_rules(lab: Lab, ct: Ctnetlink) 
 
 
 def test_unknown_master_is_enoent(lab: Lab, ct: Ctnetlink) -> None:
-    master = Tuple(4, 6, INSIDE4, OUTSIDE4, 1, 21)
+    master = Tuple(4, 6, CLIENT4, OUTSIDE4, 1, 21)
     with pytest.raises(CtnetlinkError) as raised:
         ct.create_expectation(
-            master, Tuple(4, 6, OUTSIDE4, ROUTER_OUT4, 0, 5000), 1, INSIDE4, 1, 30
+            master, Tuple(4, 6, OUTSIDE4, ROUTER_OUT4, 0, 5000), 1, CLIENT4, 1, 30
         )
     assert raised.value.errno == errno.ENOENT
     assert ct.list_expectations(master) == []
@@ -217,13 +218,13 @@ def test_unknown_master_is_enoent(lab: Lab, ct: Ctnetlink) -> None:
 
 def test_expectations_listed_by_master(lab: Lab, ct: Ctnetlink) -> None:
     apply_rules(lab)
-    _s1, first = control_from_inside(lab)
-    other_sock = lab.connect(lab.inside, OUTSIDE4, 21)
-    other = Tuple(4, 6, INSIDE4, OUTSIDE4, other_sock.getsockname()[1], 21)
+    _s1, first = control_from_client(lab)
+    other_sock = lab.connect(lab.client, OUTSIDE4, 21)
+    other = Tuple(4, 6, CLIENT4, OUTSIDE4, other_sock.getsockname()[1], 21)
     mine = Tuple(4, 6, OUTSIDE4, ROUTER_OUT4, 0, next(_ports))
     theirs = Tuple(4, 6, OUTSIDE4, ROUTER_OUT4, 0, next(_ports))
-    ct.create_expectation(first, mine, 1, INSIDE4, mine.dport, timeout=30)
-    ct.create_expectation(other, theirs, 1, INSIDE4, theirs.dport, timeout=30)
+    ct.create_expectation(first, mine, 1, CLIENT4, mine.dport, timeout=30)
+    ct.create_expectation(other, theirs, 1, CLIENT4, theirs.dport, timeout=30)
 
     listed = ct.list_expectations(first)
     assert [e.expected for e in listed] == [mine]
@@ -236,10 +237,10 @@ def test_expectations_listed_by_master(lab: Lab, ct: Ctnetlink) -> None:
 
 
 def test_destroy_event_reports_original_tuple(lab: Lab) -> None:
-    with netns(lab.router):
+    with netns.enter(lab.router):
         listener = DestroyListener()  # before the connection: see ctevents' docstring
     with listener:
-        _sock, orig = control_from_inside(lab)
+        _sock, orig = control_from_client(lab)
         assert listener.read_events() == []  # non-blocking, nothing destroyed yet
 
         lab.run(lab.router, "conntrack", "-D", "-p", "tcp", "--orig-port-src", str(orig.sport))
@@ -268,13 +269,13 @@ def _median_us(call: object, rounds: int) -> float:
 
 def test_calls_take_well_under_a_millisecond(lab: Lab, ct: Ctnetlink) -> None:
     apply_rules(lab)
-    _sock, master = control_from_inside(lab)
+    _sock, master = control_from_client(lab)
     seen_reply = Tuple(4, 6, OUTSIDE4, ROUTER_OUT4, 21, master.sport)
     ports = itertools.count(20000)
 
     def create_and_delete() -> None:
         expected = Tuple(4, 6, OUTSIDE4, ROUTER_OUT4, 0, next(ports))
-        ct.create_expectation(master, expected, 1, INSIDE4, 1024, timeout=30)
+        ct.create_expectation(master, expected, 1, CLIENT4, 1024, timeout=30)
         ct.delete_expectation(expected)
 
     lookup_orig = _median_us(lambda: ct.lookup(master), 300)
@@ -290,12 +291,12 @@ def test_calls_take_well_under_a_millisecond(lab: Lab, ct: Ctnetlink) -> None:
 
 
 def test_destroy_listener_decodes_only_its_ports(lab: Lab) -> None:
-    with netns(lab.router):
+    with netns.enter(lab.router):
         listener = DestroyListener(ports=(21,))
     with listener:
-        _sock, orig = control_from_inside(lab)  # to port 21
+        _sock, orig = control_from_client(lab)  # to port 21
         lab.listen(lab.outside, OUTSIDE4, 8080)
-        other = lab.connect(lab.inside, OUTSIDE4, 8080)  # not a control port
+        other = lab.connect(lab.client, OUTSIDE4, 8080)  # not a control port
         lab.run(lab.router, "conntrack", "-D", "-p", "tcp", "--orig-port-dst", "8080")
         lab.run(lab.router, "conntrack", "-D", "-p", "tcp", "--orig-port-dst", "21")
         events: list[Tuple] = []

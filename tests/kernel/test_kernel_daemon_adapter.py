@@ -13,7 +13,7 @@ from alg.daemon.conntrack import ConntrackAdapter, to_key
 from alg.daemon.recheck import Recheck
 from alg.kernel.ctnetlink import Ctnetlink, Tuple
 from alg.kernel.cttypes import Conntrack
-from tests.kernel.lab import INSIDE4, OUTSIDE4, ROUTER_OUT4, Lab
+from tests.kernel.lab import CLIENT4, OUTSIDE4, ROUTER_OUT4, Lab
 
 pytestmark = pytest.mark.netns
 
@@ -31,7 +31,7 @@ def _expectation(session: int, master: Tuple, port: int) -> DataExpectation:
         _raw(OUTSIDE4),
         _raw(ROUTER_OUT4),
         port,
-        _raw(INSIDE4),
+        _raw(CLIENT4),
         port,
         Dir.REPLY,
         30.0,
@@ -45,7 +45,7 @@ def test_an_ended_session_does_not_delete_a_newer_sessions_expectation(
     lab.listen(lab.outside, OUTSIDE4, 21)
     masters = []
     for _ in range(2):
-        sock = lab.connect(lab.inside, OUTSIDE4, 21)
+        sock = lab.connect(lab.client, OUTSIDE4, 21)
         src, sport = sock.getsockname()[:2]
         masters.append(Tuple(4, 6, src, OUTSIDE4, sport, 21))
     kernel = ConntrackAdapter(ct, tries=4, port_range=(50000, 60000))
@@ -68,7 +68,7 @@ def _controls(lab: Lab, n: int) -> list[Tuple]:
 
 
 def _connect(lab: Lab) -> Tuple:
-    sock = lab.connect(lab.inside, OUTSIDE4, 21)
+    sock = lab.connect(lab.client, OUTSIDE4, 21)
     src, sport = sock.getsockname()[:2]
     return Tuple(4, 6, src, OUTSIDE4, sport, 21)
 

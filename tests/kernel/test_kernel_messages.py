@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from alg.kernel import messages as m
 from alg.kernel.ctnetlink import Ctnetlink, Tuple, conntrack_from_message
 from alg.kernel.netlink import NLM_F_ACK, NLM_F_REQUEST
-from tests.kernel.lab import INSIDE4, OUTSIDE4, Lab, netns
+from alg.lab import netns
+from tests.kernel.lab import CLIENT4, OUTSIDE4, Lab
 
 ports = st.integers(0, 65535)
 v4 = st.ip_addresses(v=4).map(str)
@@ -130,9 +131,9 @@ def test_tuple_canonical_form_and_validation() -> None:
 def test_real_conntrack_reply_decodes_alike(lab: Lab) -> None:
     """A reply from the kernel (with protoinfo, counters...) read both ways."""
     lab.listen(lab.outside, OUTSIDE4, 21)
-    sock = lab.connect(lab.inside, OUTSIDE4, 21)
-    seen = Tuple(4, 6, INSIDE4, OUTSIDE4, sock.getsockname()[1], 21)
-    with netns(lab.router), Ctnetlink() as ct:
+    sock = lab.connect(lab.client, OUTSIDE4, 21)
+    seen = Tuple(4, 6, CLIENT4, OUTSIDE4, sock.getsockname()[1], 21)
+    with netns.enter(lab.router), Ctnetlink() as ct:
         attrs = _fast_tuple(m.CTA_TUPLE_ORIG, seen)
         flags = NLM_F_REQUEST | NLM_F_ACK
         (raw,) = ct._request(m.CT_GET, flags, socket.AF_INET, attrs, None)

@@ -13,8 +13,9 @@ import pytest
 
 from alg.kernel import rules, rules_exec
 from alg.kernel.ctnetlink import Ctnetlink, Tuple
+from alg.lab import netns
 from alg.options import parse_balance, parse_ports
-from tests.kernel.lab import INSIDE4, OUTSIDE4, OUTSIDE6, ROUTER_OUT4, Lab, netns
+from tests.kernel.lab import CLIENT4, INSIDE4, OUTSIDE4, OUTSIDE6, ROUTER_OUT4, Lab
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
 
@@ -138,39 +139,27 @@ def test_port_overlap() -> None:
 # --- against the kernel ------------------------------------------------------------------------
 
 
-def _add_unrelated_rules(lab: Lab) -> None:
-    for rule in (
-        ("-t", "raw", "-A", "PREROUTING", "-p", "udp", "--dport", "5353", "-j", "ACCEPT"),
-        ("-t", "raw", "-A", "OUTPUT", "-p", "tcp", "--dport", "8080", "-j", "ACCEPT"),
-        ("-t", "mangle", "-A", "POSTROUTING", "-p", "tcp", "--dport", "25", "-j", "ACCEPT"),
-        ("-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "--dport", "21", "-j", "ACCEPT"),
-        ("-t", "filter", "-A", "FORWARD", "-p", "tcp", "--dport", "23", "-j", "DROP"),
-        ("-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "8022", "-j", "REDIRECT"),
-    ):
-        lab.run(lab.router, "iptables", "-w", *rule)
-        lab.run(lab.router, "ip6tables", "-w", *rule)
+# An admin's rules that have nothing to do with FTP: (table, chain, rule).
+_UNRELATED = (
+    ("raw", "PREROUTING", "-p udp --dport 5353 -j ACCEPT"),
+    ("raw", "OUTPUT", "-p tcp --dport 8080 -j ACCEPT"),
+    ("mangle", "POSTROUTING", "-p tcp --dport 25 -j ACCEPT"),
+    ("mangle", "PREROUTING", "-p tcp --dport 21 -j ACCEPT"),
+    ("filter", "FORWARD", "-p tcp --dport 23 -j DROP"),
+    ("nat", "PREROUTING", "-p tcp --dport 8022 -j REDIRECT"),
+)
 
 
-def _remove_unrelated_rules(lab: Lab) -> None:
-    for table, chain in (
-        ("raw", "PREROUTING"),
-        ("raw", "OUTPUT"),
-        ("mangle", "POSTROUTING"),
-        ("mangle", "PREROUTING"),
-        ("filter", "FORWARD"),
-    ):
+def _unrelated_rules(lab: Lab, action: str) -> None:
+    """Append (-A) or delete (-D) exactly those rules, so the lab's own rules stay as they are."""
+    for table, chain, rule in _UNRELATED:
         for tool in ("iptables", "ip6tables"):
-            lab.run(lab.router, tool, "-w", "-t", table, "-F", chain)
-    for tool, rule in (
-        ("iptables", "-p tcp --dport 8022 -j REDIRECT"),
-        ("ip6tables", "-p tcp --dport 8022 -j REDIRECT"),
-    ):
-        lab.run(lab.router, tool, "-w", "-t", "nat", "-D", "PREROUTING", *rule.split())
+            lab.run(lab.router, tool, "-w", "-t", table, action, chain, *rule.split())
 
 
 @pytest.mark.netns
 def test_apply_twice_then_remove_restores_every_table(lab: Lab) -> None:
-    _add_unrelated_rules(lab)
+    _unrelated_rules(lab, "-A")
     try:
         before = {tool: lab.save(tool) for tool in ("iptables", "ip6tables")}
 
@@ -182,9 +171,10 @@ def test_apply_twice_then_remove_restores_every_table(lab: Lab) -> None:
         for tool in ("iptables", "ip6tables"):
             raw = lab.run(lab.router, tool, "-w", "-t", "raw", "-S").stdout.splitlines()
             mangle = lab.run(lab.router, tool, "-w", "-t", "mangle", "-S").stdout.splitlines()
-            # ours first in each hook, the admin's rules after them, untouched
+            # ours first in each hook, the admin's rules (the lab's router.sh's too) after them
             assert [line for line in raw if line.startswith("-A PREROUTING")] == [
                 "-A PREROUTING -j FTP_ALG",
+                "-A PREROUTING -j LAB-HELPER",
                 "-A PREROUTING -p udp -m udp --dport 5353 -j ACCEPT",
             ]
             assert [line for line in raw if line.startswith("-A OUTPUT")] == [
@@ -230,7 +220,7 @@ def test_apply_twice_then_remove_restores_every_table(lab: Lab) -> None:
         assert {tool: lab.save(tool) for tool in ("iptables", "ip6tables")} == before
         assert "not installed" in lab.ftp_alg("rules", "show").stdout
     finally:
-        _remove_unrelated_rules(lab)
+        _unrelated_rules(lab, "-D")
 
 
 @pytest.mark.netns
@@ -249,8 +239,8 @@ def test_family_option_touches_one_family(lab: Lab) -> None:
 
 @pytest.mark.netns
 def test_refuses_when_kernel_ftp_helper_is_attached(lab: Lab) -> None:
-    helper_rule = ("-t", "raw", "-A", "PREROUTING", "-p", "tcp", "--dport", "21")
-    lab.run(lab.router, "iptables", "-w", *helper_rule, "-j", "CT", "--helper", "ftp")
+    helper_rule = ("PREROUTING", "-p", "tcp", "--dport", "21", "-j", "CT", "--helper", "ftp")
+    lab.run(lab.router, "iptables", "-w", "-t", "raw", "-A", *helper_rule)
     try:
         before = lab.save()
         done = lab.ftp_alg("rules", "apply")
@@ -262,17 +252,17 @@ def test_refuses_when_kernel_ftp_helper_is_attached(lab: Lab) -> None:
         )
         assert script.returncode == 1 and "--helper ftp" in script.stderr
     finally:
-        lab.run(lab.router, "iptables", "-w", "-t", "raw", "-F", "PREROUTING")
+        lab.run(lab.router, "iptables", "-w", "-t", "raw", "-D", *helper_rule)
 
 
 @pytest.mark.netns
 def test_ftp_helper_on_other_ports_is_no_conflict(lab: Lab) -> None:
-    rule = ("-t", "raw", "-A", "PREROUTING", "-p", "tcp", "--dport", "990")
-    lab.run(lab.router, "iptables", "-w", *rule, "-j", "CT", "--helper", "ftp")
+    rule = ("PREROUTING", "-p", "tcp", "--dport", "990", "-j", "CT", "--helper", "ftp")
+    lab.run(lab.router, "iptables", "-w", "-t", "raw", "-A", *rule)
     try:
         assert lab.ftp_alg("rules", "apply").returncode == 0
     finally:
-        lab.run(lab.router, "iptables", "-w", "-t", "raw", "-F", "PREROUTING")
+        lab.run(lab.router, "iptables", "-w", "-t", "raw", "-D", *rule)
 
 
 @pytest.mark.netns
@@ -345,8 +335,8 @@ def _acct(lab: Lab, family: str, sport: int) -> tuple[int, int]:
 
 # name: (client namespace, server namespace, listen on, connect to, family)
 _PATHS = {
-    "masquerade-v4": ("inside", "outside", OUTSIDE4, OUTSIDE4, 4),
-    "masquerade-v6": ("inside", "outside", OUTSIDE6, OUTSIDE6, 6),
+    "masquerade-v4": ("client", "outside", OUTSIDE4, OUTSIDE4, 4),
+    "masquerade-v6": ("client", "outside", OUTSIDE6, OUTSIDE6, 6),
     "port-forward-v4": ("outside", "inside", INSIDE4, ROUTER_OUT4, 4),
     "router-client-v4": ("router", "outside", OUTSIDE4, OUTSIDE4, 4),
 }
@@ -407,7 +397,7 @@ def test_rules_anchor_dnat_control_connections(lab: Lab) -> None:
     assert lab.ftp_alg("rules", "apply").returncode == 0
     lab.listen(lab.inside, INSIDE4, 21)
     sock = lab.connect(lab.outside, ROUTER_OUT4, 21)
-    with netns(lab.router), Ctnetlink() as ct:
+    with netns.enter(lab.router), Ctnetlink() as ct:
         entry = ct.get_conntrack(Tuple(4, 6, OUTSIDE4, ROUTER_OUT4, sock.getsockname()[1], 21))
     assert entry is not None and entry.helper == "sane"
     assert entry.reply.src == INSIDE4
@@ -416,7 +406,7 @@ def test_rules_anchor_dnat_control_connections(lab: Lab) -> None:
 @pytest.mark.netns
 def test_nft_backend_on_a_kernel_without_nft_queue(lab: Lab) -> None:
     """This kernel has no nft_queue: auto picks iptables, --backend nft refuses clearly."""
-    with netns(lab.router):
+    with netns.enter(lab.router):
         has_queue = rules_exec.nft_has_queue()
     if has_queue:
         pytest.skip("this kernel has nft_queue")
@@ -443,7 +433,7 @@ def test_nft_rule_set_loads_and_anchors(lab: Lab, tmp_path: Path) -> None:
         assert lab.run(lab.router, "nft", "list", "tables").stdout.count("ftp_alg") == 1
         lab.listen(lab.inside, INSIDE4, 21)
         sock = lab.connect(lab.outside, ROUTER_OUT4, 21)
-        with netns(lab.router), Ctnetlink() as ct:
+        with netns.enter(lab.router), Ctnetlink() as ct:
             seen = Tuple(4, 6, OUTSIDE4, ROUTER_OUT4, sock.getsockname()[1], 21)
             entry = ct.get_conntrack(seen)
         assert entry is not None and entry.helper == "sane"
@@ -468,12 +458,12 @@ def test_anchor_reaches_connections_picked_up_mid_stream(lab: Lab) -> None:
     """Why the CT rule matches every packet, not only SYNs (`--ctstate NEW` never matches
     in raw): after `conntrack -F`, the next data packet recreates the entry, anchored."""
     listener = lab.listen(lab.outside, OUTSIDE4, 21)
-    client = lab.connect(lab.inside, OUTSIDE4, 21)
+    client = lab.connect(lab.client, OUTSIDE4, 21)
     server, _peer = listener.accept()
     lab.sockets.append(server)
-    seen = Tuple(4, 6, INSIDE4, OUTSIDE4, client.getsockname()[1], 21)
+    seen = Tuple(4, 6, CLIENT4, OUTSIDE4, client.getsockname()[1], 21)
     assert lab.ftp_alg("rules", "apply").returncode == 0
-    with netns(lab.router), Ctnetlink() as ct:
+    with netns.enter(lab.router), Ctnetlink() as ct:
         before = ct.get_conntrack(seen)
         assert before is not None and before.helper is None  # opened before the rules
 

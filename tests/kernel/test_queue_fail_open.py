@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from alg.lab import netns
 from tests.kernel import hdns
-from tests.kernel.lab import netns
 
 pytestmark = pytest.mark.netns
 
@@ -24,7 +24,7 @@ QUEUE, ROOM, SENT, PORT = 7, 4, 20, 9999
 @pytest.fixture
 def ns() -> Iterator[str]:
     with hdns.namespace("fo") as name:
-        hdns.run(
+        netns.run_in(
             name, "iptables", "-A", "OUTPUT", "-p", "udp", "-d", "127.0.0.1",
             "--dport", str(PORT), "-j", "NFQUEUE", "--queue-num", str(QUEUE),
         )  # fmt: skip
@@ -41,7 +41,7 @@ def _flood(ns: str, fail_open: list[str]) -> tuple[int, dict[str, int]]:
         assert binder.stdout is not None
         line = binder.stdout.readline()
         assert line == "ready\n", binder.stderr.read() if binder.stderr else line
-        with netns(ns):
+        with netns.enter(ns):
             rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with rx, tx:
@@ -86,7 +86,7 @@ def test_only_the_bound_socket_may_configure_the_queue(ns: str) -> None:
     binder = hdns.popen(ns, hdns.probe_argv("bind", "--queue", str(QUEUE)))
     try:
         assert binder.stdout is not None and binder.stdout.readline() == "ready\n"
-        with netns(ns):
+        with netns.enter(ns):
             from tests.kernel.nfq_probe import raw_queue_bind_errno
 
             assert raw_queue_bind_errno(QUEUE) == 1  # EPERM

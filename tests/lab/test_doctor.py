@@ -20,6 +20,7 @@ import pytest
 
 from alg.daemon.settings import CONFIG_ENV, STATUS_SOCKET_ENV
 from alg.daemon.status import query
+from alg.lab import netns
 
 pytestmark = pytest.mark.netns
 NS = f"ob-doc-{os.getpid()}"
@@ -53,34 +54,18 @@ while time.monotonic() < deadline:
 """
 
 
-def _in_ns(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ip", "netns", "exec", NS, *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-        cwd=ROOT,
-    )
-
-
-def _must(*argv: str) -> None:
-    done = _in_ns(*argv)
-    assert done.returncode == 0, f"{argv}: {done.stderr}"
-
-
 class Router:
     def __init__(self, tmp: Path) -> None:
         self.socket = str(tmp / "status.sock")
         self.stand_in: subprocess.Popen[bytes] | None = None
 
     def rules(self, action: str) -> subprocess.CompletedProcess[str]:
-        return _in_ns(sys.executable, "-c", RULES, "rules", action, "--backend", "iptables")
+        argv = (sys.executable, "-c", RULES, "rules", action, "--backend", "iptables")
+        return netns.run_in(NS, *argv, check=False)
 
     def start_daemon(self) -> None:
         self.stand_in = subprocess.Popen(
-            ["ip", "netns", "exec", NS, sys.executable, "-c", STAND_IN, self.socket], cwd=ROOT
+            netns.in_ns(NS, [sys.executable, "-c", STAND_IN, self.socket]), cwd=ROOT
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -99,9 +84,8 @@ class Router:
 
     def doctor(self) -> tuple[int, str]:
         env = {**os.environ, STATUS_SOCKET_ENV: self.socket, CONFIG_ENV: ""}
-        done = _in_ns(
-            sys.executable, "-m", "alg.doctor", "--quiet", "--invalid-seconds", "0.2", env=env
-        )
+        argv = (sys.executable, "-m", "alg.doctor", "--quiet", "--invalid-seconds", "0.2")
+        done = netns.run_in(NS, *argv, check=False, env=env)
         return done.returncode, done.stdout
 
 
@@ -112,12 +96,11 @@ def namespace() -> Iterator[str]:
     for tool in ("ip", "iptables", "ip6tables", "conntrack"):
         if shutil.which(tool) is None:
             pytest.skip(f"needs {tool}")
-    subprocess.run(["ip", "netns", "add", NS], check=True, timeout=30)
+    netns.add(NS)
     try:
-        _must("ip", "link", "set", "lo", "up")
         yield NS
     finally:
-        subprocess.run(["ip", "netns", "del", NS], check=False, timeout=30)
+        netns.delete(NS)
 
 
 @pytest.fixture
@@ -133,8 +116,8 @@ def router(namespace: str, tmp_path: Path) -> Iterator[Router]:
         handle.stop_daemon()
         for table in ("raw", "mangle"):
             for tool in ("iptables", "ip6tables"):
-                _in_ns(tool, "-t", table, "-D", "PREROUTING", "-p", "tcp", "--dport", "21",
-                       "-j", "CT", "--helper", "ftp")  # fmt: skip
+                netns.run_in(NS, tool, "-t", table, "-D", "PREROUTING", "-p", "tcp", "--dport",
+                             "21", "-j", "CT", "--helper", "ftp", check=False)  # fmt: skip
         handle.rules("remove")
 
 
@@ -160,8 +143,8 @@ def test_no_rules(router: Router) -> None:
 
 
 def test_ftp_helper_rule(router: Router) -> None:
-    _must("iptables", "-t", "raw", "-A", "PREROUTING", "-p", "tcp", "--dport", "21",
-          "-j", "CT", "--helper", "ftp")  # fmt: skip
+    netns.run_in(NS, "iptables", "-t", "raw", "-A", "PREROUTING", "-p", "tcp", "--dport", "21",
+                 "-j", "CT", "--helper", "ftp")  # fmt: skip
     status, out = router.doctor()
     assert status == 1
     assert "the kernel `ftp` helper is attached" in out
@@ -169,8 +152,8 @@ def test_ftp_helper_rule(router: Router) -> None:
 
 
 def test_anchor_removed(router: Router) -> None:
-    _must("ip6tables", "-t", "raw", "-D", "FTP_ALG", "-p", "tcp", "-m", "multiport",
-          "--dports", "21,2121", "-j", "CT", "--helper", "sane")  # fmt: skip
+    netns.run_in(NS, "ip6tables", "-t", "raw", "-D", "FTP_ALG", "-p", "tcp", "-m", "multiport",
+                 "--dports", "21,2121", "-j", "CT", "--helper", "sane")  # fmt: skip
     status, out = router.doctor()
     assert status == 1
     assert "ERROR: ip6tables: no `-j CT --helper sane` anchor for control port(s) 21,2121" in out

@@ -27,8 +27,7 @@ from typing import Any
 
 import pytest
 
-from alg.lab import state
-from tests.kernel.lab import netns
+from alg.lab import netns, state
 from tests.lab.conftest import LabHandle
 from tests.lab.test_ftp_alg import daemon_pid, router, rules, status
 
@@ -113,7 +112,7 @@ def transfer(lab: LabHandle, side: str, timeout: float = 5) -> tuple[bool, float
     digest = hashlib.sha256()
     start = time.monotonic()
     try:
-        with netns(lab.ns(node)):
+        with netns.enter(lab.ns(node)):
             ftp = ftplib.FTP()
             ftp.trust_server_pasv_ipv4_address = True  # type: ignore[attr-defined]
             ftp.connect(host, 21, timeout=timeout)
@@ -179,7 +178,7 @@ def test_packets_to_port_21_without_syn_create_no_session(alg: LabHandle) -> Non
     4-tuple but for the last 1.5k (source ports wrap): no session is created, a real
     control connection opened before keeps working and a new one is watched."""
     client = alg.ns("client")
-    with netns(client):
+    with netns.enter(client):
         real = ftplib.FTP()
         real.connect(OUTSIDE, 21, timeout=10)
     real.login()
@@ -194,7 +193,7 @@ def test_packets_to_port_21_without_syn_create_no_session(alg: LabHandle) -> Non
     assert sent["sent"] >= 66000
     assert delta(after, before, "session-new") == 0, after
     assert status(alg)["sessions"] <= sessions  # type: ignore[operator]
-    with netns(client):
+    with netns.enter(client):
         assert ONE_MIB in real.nlst()  # the old session: PORT rewritten
         fresh = ftplib.FTP()
         fresh.connect(OUTSIDE, 21, timeout=10)

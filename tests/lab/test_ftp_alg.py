@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from alg.lab import backend, state
-from tests.kernel.lab import netns
+from alg.lab import backend, netns, state
 from tests.lab.conftest import LabHandle
 
 pytestmark = pytest.mark.netns
@@ -138,7 +137,7 @@ def test_twenty_sessions_at_once(alg: LabHandle, passive: bool) -> None:
 
 def _ftp_in(ns: str) -> ftplib.FTP:
     ftp = ftplib.FTP()
-    with netns(ns):
+    with netns.enter(ns):
         ftp.connect(OUTSIDE, 21, timeout=10)
     ftp.login()
     return ftp
@@ -147,19 +146,19 @@ def _ftp_in(ns: str) -> ftplib.FTP:
 def test_daemon_killed_mid_session_then_restarted(alg: LabHandle) -> None:
     client = alg.ns("client")
     ftp = _ftp_in(client)
-    with netns(client):
+    with netns.enter(client):
         assert ONE_MIB in ftp.nlst()  # passive: nothing to rewrite
     os.kill(daemon_pid(alg), signal.SIGKILL)
     time.sleep(0.5)
     # --queue-bypass: with no reader the control connection still works
     assert ftp.voidcmd("NOOP").startswith("200")
-    with netns(client):
+    with netns.enter(client):
         assert ONE_MIB in ftp.nlst()
     ftp.quit()
     backend.set_gateway(alg.prefix, "ftp-alg", log=lambda _: None)  # started again
     ftp = _ftp_in(client)
     ftp.set_pasv(False)
-    with netns(client):
+    with netns.enter(client):
         assert ONE_MIB in ftp.nlst()  # active: the PORT is rewritten again
     ftp.quit()
 
@@ -212,7 +211,7 @@ def test_client_port_reused_at_once_keeps_the_new_session(alg: LabHandle) -> Non
         ftp = ftplib.FTP(source_address=("192.168.77.10", port))
         for _attempt in range(50):  # the last socket may still be in LAST_ACK for a moment
             try:
-                with netns(client):
+                with netns.enter(client):
                     ftp.connect(OUTSIDE, 21, timeout=10)
                 break
             except OSError as exc:
@@ -221,7 +220,7 @@ def test_client_port_reused_at_once_keeps_the_new_session(alg: LabHandle) -> Non
                 time.sleep(0.1)
         ftp.login()
         ftp.set_pasv(False)
-        with netns(client):
+        with netns.enter(client):
             assert ONE_MIB in ftp.nlst()  # PORT rewritten: 1 byte shorter from here on
         assert ftp.voidcmd("NOOP").startswith("200")
         assert ftp.sendcmd("QUIT").startswith("221")

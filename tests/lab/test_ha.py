@@ -26,7 +26,6 @@ from alg.kernel.ctnetlink import NAT_FOLLOW_MASTER, Ctnetlink
 from alg.kernel.cttypes import Conntrack, Tuple
 from alg.lab import backend, ha, netns, state
 from alg.lab.topology import HA_PATH, load
-from tests.kernel.lab import netns as inside
 from tests.lab.conftest import LabHandle, unavailable
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -74,7 +73,7 @@ def served_sha(lab: LabHandle, node: str = "server") -> str:
 def connect(lab: LabHandle, node: str, host: str, timeout: float = 10) -> ftplib.FTP:
     ftp = ftplib.FTP()
     ftp.trust_server_pasv_ipv4_address = True  # type: ignore[attr-defined]  # 227 itself
-    with inside(lab.ns(node)):
+    with netns.enter(lab.ns(node)):
         ftp.connect(host, 21, timeout=timeout)
     ftp.login()
     return ftp
@@ -83,7 +82,7 @@ def connect(lab: LabHandle, node: str, host: str, timeout: float = 10) -> ftplib
 def sha(lab: LabHandle, node: str, ftp: ftplib.FTP, passive: bool) -> str:
     ftp.set_pasv(passive)
     digest = hashlib.sha256()
-    with inside(lab.ns(node)):  # an active transfer listens in the node's namespace
+    with netns.enter(lab.ns(node)):  # an active transfer listens in the node's namespace
         ftp.retrbinary(f"RETR {ONE_MIB}", digest.update)
     return digest.hexdigest()
 
@@ -96,7 +95,7 @@ def control_tuple(ftp: ftplib.FTP) -> Tuple:
 
 
 def entry(lab: LabHandle, router: str, seen: Tuple) -> Conntrack | None:
-    with inside(lab.ns(router)), Ctnetlink() as ct:
+    with netns.enter(lab.ns(router)), Ctnetlink() as ct:
         return ct.get_conntrack(seen)
 
 
@@ -151,12 +150,12 @@ def test_data_connection_announced_before_the_failover_arrives(alg_pair: LabHand
     ftp = connect(lab, "client", OUTSIDE[4])
     ftp.set_pasv(False)
     ftp.voidcmd("TYPE I")
-    with inside(lab.ns("client")):
+    with netns.enter(lab.ns("client")):
         listener = ftp.makeport()  # PORT sent and rewritten: the active router expects it
     port = listener.getsockname()[1]
     time.sleep(0.3)  # conntrackd replicates on the event; give it a moment
     failover(lab)
-    with inside(lab.ns("router2")), Ctnetlink() as ct:
+    with netns.enter(lab.ns("router2")), Ctnetlink() as ct:
         expected = [e for e in ct.list_expectations() if e.expected.dport == port]
     assert len(expected) == 1
     assert expected[0].fn == NAT_FOLLOW_MASTER and expected[0].nat_dir == 1

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from alg.lab import netns
 from tests.lab.test_doctor import ROOT
 
 pytestmark = pytest.mark.netns
@@ -41,17 +42,6 @@ for _ in range({SENT}):
 """
 
 
-def _in_ns(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ip", "netns", "exec", NS, *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
-    )
-
-
 @pytest.fixture
 def stuck_queue() -> Iterator[None]:
     if os.geteuid() != 0:
@@ -59,31 +49,30 @@ def stuck_queue() -> Iterator[None]:
     for tool in ("ip", "iptables", "curl"):
         if shutil.which(tool) is None:
             pytest.skip(f"needs {tool}")
-    subprocess.run(["ip", "netns", "add", NS], check=True, timeout=30)
+    netns.add(NS)
     proc: subprocess.Popen[str] | None = None
     try:
-        assert _in_ns("ip", "link", "set", "lo", "up").returncode == 0
         rule = ["-t", "raw", "-A", "OUTPUT", "-p", "udp", "--dport", "9999"]
-        assert _in_ns("iptables", *rule, "-j", "NFQUEUE", "--queue-num", "0").returncode == 0
+        netns.run_in(NS, "iptables", *rule, "-j", "NFQUEUE", "--queue-num", "0")
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", NS, sys.executable, "-c", STUCK_DAEMON],
+            netns.in_ns(NS, [sys.executable, "-c", STUCK_DAEMON]),
             cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
         )
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        assert _in_ns(sys.executable, "-c", SEND).returncode == 0
+        netns.run_in(NS, sys.executable, "-c", SEND)
         time.sleep(0.2)
         yield
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=10)
-        subprocess.run(["ip", "netns", "del", NS], check=False, timeout=30)
+        netns.delete(NS)
 
 
 def test_curl_scrapes_the_kernel_queue_drops(stuck_queue: None) -> None:
-    done = _in_ns("curl", "-sf", "http://127.0.0.1:9477/metrics")
+    done = netns.run_in(NS, "curl", "-sf", "http://127.0.0.1:9477/metrics", check=False)
     assert done.returncode == 0, done.stderr
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -100,9 +89,9 @@ def test_curl_scrapes_the_kernel_queue_drops(stuck_queue: None) -> None:
 
 
 def test_doctor_reports_the_drops(stuck_queue: None) -> None:
-    done = _in_ns(
-        sys.executable, "-m", "alg.doctor", "--quiet", "--invalid-seconds", "0",
-        "--status-socket", "/nonexistent/ob.sock",
+    done = netns.run_in(
+        NS, sys.executable, "-m", "alg.doctor", "--quiet", "--invalid-seconds", "0",
+        "--status-socket", "/nonexistent/ob.sock", check=False,
     )  # fmt: skip
     assert done.returncode == 1
     assert (

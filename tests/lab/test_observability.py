@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.kernel.lab import netns
+from alg.lab import netns
 from tests.lab.conftest import LabHandle
 from tests.lab.test_ftp_alg import ONE_MIB, OUTSIDE, alg, router
 
@@ -24,7 +24,7 @@ __all__ = ["alg"]
 
 def _active_listing(lab: LabHandle) -> None:
     ftp = ftplib.FTP()
-    with netns(lab.ns("client")):
+    with netns.enter(lab.ns("client")):
         ftp.connect(OUTSIDE, 21, timeout=10)
         ftp.login()
         ftp.set_pasv(False)

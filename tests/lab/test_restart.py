@@ -23,8 +23,7 @@ import pytest
 
 from alg.kernel.ctnetlink import Ctnetlink
 from alg.kernel.cttypes import Tuple
-from alg.lab import backend, state
-from tests.kernel.lab import netns
+from alg.lab import backend, netns, state
 from tests.lab.conftest import LabHandle
 from tests.lab.test_ftp_alg import ONE_MIB, OUTSIDE, PROBE, alg, daemon_pid, served_sha, status
 
@@ -36,7 +35,7 @@ __all__ = ["alg"]  # the module fixture, shared
 def _sha(ftp: ftplib.FTP, ns: str, passive: bool) -> str:
     ftp.set_pasv(passive)
     digest = hashlib.sha256()
-    with netns(ns):  # an active transfer's listening socket belongs in the client's namespace
+    with netns.enter(ns):  # an active transfer's listening socket belongs in the client's namespace
         ftp.retrbinary(f"RETR {ONE_MIB}", digest.update)
     return digest.hexdigest()
 
@@ -47,7 +46,7 @@ def _record(lab: LabHandle, ftp: ftplib.FTP, family: int) -> tuple[int, int]:
     assert ftp.sock is not None
     src, sport = ftp.sock.getsockname()[:2]
     dst, dport = ftp.sock.getpeername()[:2]
-    with netns(lab.ns("router")), Ctnetlink() as ct:
+    with netns.enter(lab.ns("router")), Ctnetlink() as ct:
         entry = ct.get_conntrack(Tuple(family, 6, src, dst, sport, dport))
     assert entry is not None and entry.seqadj_original is not None
     return entry.seqadj_original.offset_before, entry.seqadj_original.offset_after
@@ -69,7 +68,7 @@ def _stop(lab: LabHandle, how: str) -> None:
 def test_restart_mid_session_loses_nothing(alg: LabHandle, how: str, family: int) -> None:
     client, want = alg.ns("client"), served_sha(alg)
     ftp = ftplib.FTP()
-    with netns(client):
+    with netns.enter(client):
         ftp.connect(OUTSIDE if family == 4 else OUTSIDE6, 21, timeout=10)
     ftp.login()
     # PORT 192,168,77,10 -> 198,51,100,1 and EPRT fd00:192:168:77::10 -> fd00:198:51:100::1:
@@ -100,11 +99,11 @@ def test_a_dead_daemons_expectation_blocks_no_port(alg: LabHandle) -> None:
     get their data connections (another port, or the anchor replaced it)."""
     client, want = alg.ns("client"), served_sha(alg)
     ftp = ftplib.FTP()
-    with netns(client):
+    with netns.enter(client):
         ftp.connect(OUTSIDE, 21, timeout=10)
     ftp.login()
     ftp.set_pasv(False)
-    with netns(client):
+    with netns.enter(client):
         ftp.sendcmd("TYPE I")
         sock = ftp.makeport()  # PORT sent and rewritten: the expectation now exists
     sock.close()
@@ -112,7 +111,7 @@ def test_a_dead_daemons_expectation_blocks_no_port(alg: LabHandle) -> None:
     backend.daemon(alg.prefix, "start", log=lambda _: None)
     for passive in (False, True):
         other = ftplib.FTP()
-        with netns(client):
+        with netns.enter(client):
             other.connect(OUTSIDE, 21, timeout=10)
         other.login()
         assert _sha(other, client, passive) == want
@@ -181,7 +180,7 @@ def test_lab_gateway_starts_a_dead_daemon_and_keeps_the_sessions(alg: LabHandle)
     flushing conntrack: the session in progress goes on (the lab interface scripts use)."""
     client, want = alg.ns("client"), served_sha(alg)
     ftp = ftplib.FTP()
-    with netns(client):
+    with netns.enter(client):
         ftp.connect(OUTSIDE, 21, timeout=10)
     ftp.login()
     assert _sha(ftp, client, passive=False) == want

@@ -29,8 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from alg.lab import backend, state
-from tests.kernel.lab import netns
+from alg.lab import backend, netns, state
 from tests.lab.conftest import LabHandle
 from tests.lab.test_ftp_alg import ONE_MIB, OUTSIDE, router, status
 
@@ -56,7 +55,7 @@ class Served:
 def _wait_listen(ns: str, port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
     """Bounded: 10 s, or until the server has died (its log then says why)."""
     for _ in range(100):
-        with netns(ns), socket.socket() as s:
+        with netns.enter(ns), socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
         if proc.poll() is not None:
@@ -149,7 +148,7 @@ def retr_default_port(ns: str, port: int, name: str, wait: float = 8) -> NoPort:
     """Log in, TYPE I, RETR with no PORT or PASV, listening on the control connection's own
     local port (SO_REUSEADDR/SO_REUSEPORT on both sockets) for the server's connection, at
     most `wait` seconds."""
-    with netns(ns):
+    with netns.enter(ns):
         ctl, lst = socket.socket(), socket.socket()
     with ctl, lst:
         for s in (ctl, lst):
@@ -305,13 +304,13 @@ class _Recording(ftplib.FTP):
 def pasv_retr(lab: LabHandle) -> tuple[str, str]:
     """(227 reply, sha256 or the connect error) for an outside client that trusts the 227."""
     ftp = _Recording()
-    with netns(lab.ns("server")):
+    with netns.enter(lab.ns("server")):
         ftp.connect(PUBLIC, PORT, timeout=5)
     try:
         ftp.login()
         digest = hashlib.sha256()
         try:
-            with netns(lab.ns("server")):
+            with netns.enter(lab.ns("server")):
                 ftp.retrbinary(f"RETR {ONE_MIB}", digest.update)
             got = digest.hexdigest()
         except OSError as exc:

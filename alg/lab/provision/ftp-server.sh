@@ -3,7 +3,8 @@
 # routes, a served tree with known test files, vsftpd on LAB_FTP_VSFTPD_PORT and pyftpdlib on
 # LAB_FTP_PYFTPDLIB_PORT, both anonymous, read-only except upload/.
 #
-# Usage: ftp-server.sh up|down     (environment: see README.md)
+# Usage: ftp-server.sh up|routes|down     (environment: see README.md)
+#   routes: the routes alone, no server (the bare NAT network of the kernel tests)
 # Idempotent: `up` twice keeps the running servers and the test files (and their sha256).
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=common.sh
@@ -95,6 +96,7 @@ down() {
 
 case "${1:-up}" in
     up) up ;;
+    routes) routes replace ;;
     down) down ;;
-    *) die "usage: $0 up|down" ;;
+    *) die "usage: $0 up|routes|down" ;;
 esac
