@@ -26,7 +26,6 @@ import pytest
 from alg.kernel.ctnetlink import Ctnetlink
 from alg.kernel.cttypes import Tuple
 from alg.lab import backend, netns, state
-from tests.kernel.lab import netns as inside_ns
 from tests.lab.conftest import LabHandle
 from tests.lab.test_ftp_alg import OUTSIDE, alg, served_sha, status
 from tests.lab.test_restart import OUTSIDE6, _sha, _stop
@@ -72,7 +71,7 @@ def _records(lab: LabHandle, ftp: ftplib.FTP, family: int) -> tuple[Offsets, Off
     assert ftp.sock is not None
     src, sport = ftp.sock.getsockname()[:2]
     dst, dport = ftp.sock.getpeername()[:2]
-    with inside_ns(lab.ns("router")), Ctnetlink() as ct:
+    with netns.enter(lab.ns("router")), Ctnetlink() as ct:
         entry = ct.get_conntrack(Tuple(family, 6, src, dst, sport, dport))
     assert entry is not None
     orig, reply = entry.seqadj_original, entry.seqadj_reply
@@ -157,7 +156,7 @@ def test_restart_after_a_lengthening_port(
     lab, (short, _, _, grow) = short_client, CLIENT_SHORT[family]
     client, want = lab.ns("client"), served_sha(lab)
     ftp = Recording(source_address=(short, 0))
-    with inside_ns(client):
+    with netns.enter(client):
         ftp.connect(OUTSIDE if family == 4 else OUTSIDE6, port, timeout=10)
     ftp.login()
     assert _sha(ftp, client, passive=False) == want
@@ -183,7 +182,7 @@ def test_restart_after_a_lengthening_227(short_inside: LabHandle, how: str, port
     want = (state.node_dir(lab.prefix, "inside") / "ftp" / "1mib.bin.sha256").read_text()
     want = want.split()[0]
     ftp = Recording()
-    with inside_ns(outside):
+    with netns.enter(outside):
         ftp.connect(PUBLIC, port, timeout=10)
     ftp.login()
     assert _sha(ftp, outside, passive=True) == want
