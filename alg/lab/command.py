@@ -191,7 +191,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--no-failover",
         action="store_true",
-        help="skip the failover lab (built under PREFIX + 'h', twice: about 60 s)",
+        help="skip the failover lab (built under PREFIX + 'h', twice: 25-60 s)",
     )
     p.add_argument(
         "--daemon-config",
