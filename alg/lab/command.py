@@ -111,7 +111,15 @@ def _bench(args: argparse.Namespace) -> int:
     )
 
     config = Path(args.daemon_config) if args.daemon_config else None
-    return bench.command(args.prefix, args.quick, args.rounds, Path(args.output), args.keep, config)
+    return bench.command(
+        args.prefix,
+        args.quick,
+        args.rounds,
+        Path(args.output),
+        args.keep,
+        config,
+        with_failover=not args.no_failover,
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -180,6 +188,11 @@ def register(subparsers: Any) -> None:
         "--output", default="lab-bench.png", help="PNG chart path (default: %(default)s)"
     )
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    p.add_argument(
+        "--no-failover",
+        action="store_true",
+        help="skip the failover lab (built under PREFIX + 'h', twice: 25-60 s)",
+    )
     p.add_argument(
         "--daemon-config",
         metavar="TOML",

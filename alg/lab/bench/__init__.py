@@ -1,1 +1,3 @@
-"""`ftp-alg lab bench`: the run (run.py), its figures and targets (figures.py), its chart."""
+"""`ftp-alg lab bench`: the run (run.py), its hold on a lab (lab.py), the throughput phase
+(throughput.py), sessions across a restart and a failover (survive.py), its figures and
+targets (figures.py), its chart."""

@@ -13,6 +13,8 @@ Workloads:
   retr      RETR one file in active or passive mode, COUNT times, each timed at the client
   idle      COUNT logged-in sessions held open until told to close them (reporting
             after STEP of them too)
+  survive   COUNT sessions with a rewritten PORT behind them, tried again once told (after
+            a daemon restart or a router failover)
 
 Data connections are closed with a reset once the server's FIN has arrived, so the server
 keeps no TIME_WAIT for them: vsftpd connects active data from port 20, and at hundreds of
@@ -275,29 +277,39 @@ def idle(server: str, port: int, count: int, step: int) -> dict[str, Any]:
     return {"closed": len(held)}
 
 
-def survive(server: str, port: int, count: int) -> dict[str, Any]:
+def survive(server: str, port: int, count: int, after_timeout: float) -> dict[str, Any]:
     """Open `count` sessions that each made an active LIST (its PORT rewritten, one byte
     shorter: the connection now needs the kernel's offsets), report, wait for a line on stdin
-    (the daemon is restarted meanwhile), then try an active LIST and a NOOP on each."""
-    buf = bytearray(1 << 16)
+    (the daemon is restarted or the router fails over meanwhile), then try an active LIST and
+    a NOOP on every session at once, each given `after_timeout` seconds of silence."""
     held: list[Control] = []
     try:
         for _ in range(count):
             ctl = Control(server, port, timeout=10)
             held.append(ctl)
             ctl.login()
-            _data(ctl, True, b"LIST", buf)
+            _data(ctl, True, b"LIST", bytearray(1 << 16))
         print(json.dumps({"open": len(held)}), flush=True)
         sys.stdin.readline()
-        survived = 0
-        for ctl in held:
+        went_on: list[bool] = []
+        errors: list[str] = []
+
+        def again(ctl: Control) -> None:
+            ctl.sock.settimeout(after_timeout)
             try:
-                _data(ctl, True, b"LIST", buf)
+                _data(ctl, True, b"LIST", bytearray(1 << 16))
                 ctl.cmd(b"NOOP", b"200")
-                survived += 1
-            except (OSError, ProbeError):
-                pass
-        return {"sessions": len(held), "survived": survived}
+                went_on.append(True)  # list.append is atomic under the GIL
+            except (OSError, ProbeError) as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+        pool = [threading.Thread(target=again, args=(ctl,), daemon=True) for ctl in held]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join(timeout=after_timeout * 3 + 30)
+        first = errors[0] if errors else None
+        return {"sessions": len(held), "survived": len(went_on), "first_error": first}
     finally:
         for ctl in held:
             ctl.close()
@@ -314,6 +326,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--passive", action="store_true")
     p.add_argument("--path", default="1mib.bin")
+    p.add_argument("--after-timeout", type=float, default=10.0, help="survive: after the loss")
     a = p.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = hard if hard == resource.RLIM_INFINITY else min(hard, 65536)
@@ -326,7 +339,7 @@ def main() -> None:
     elif a.workload == "retr":
         out = retr(a.server, a.port, a.path, not a.passive, a.count)
     elif a.workload == "survive":
-        out = survive(a.server, a.port, a.count)
+        out = survive(a.server, a.port, a.count, a.after_timeout)
     else:
         out = idle(a.server, a.port, a.count, a.step)
     print(json.dumps(out), flush=True)

@@ -1,0 +1,149 @@
+"""The bench's hold on one lab: which gateway the router runs, the ftp-alg daemon's CPU, RSS and
+counters, and the probe run in the client namespace (alg/lab/probes/bench_probe.py). The
+workloads (run.py, throughput.py, survive.py) go through it, so that the single-router lab and
+the failover lab are driven alike."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alg.lab import backend, netns, state
+from alg.lab.bench.figures import Plan, Samples
+from alg.lab.topology import Topology
+
+PROBE = Path(__file__).parents[1] / "probes" / "bench_probe.py"
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+Say = Callable[[str], None]
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+class Daemon:
+    """The lab's running ftp-alg daemon: its PID and status socket."""
+
+    def __init__(self, prefix: str, router: str) -> None:
+        found = [
+            p
+            for p in state.processes(
+                prefix, router, netns.NETNS_DIR / backend.namespace(prefix, router)
+            )
+            if p.name == "ftp-alg" and p.running
+        ]
+        if not found:
+            raise backend.LabError("the ftp-alg gateway is on but its daemon is not running")
+        self.pid = found[0].pid
+        self.socket = str(state.node_dir(prefix, router) / "ftp-alg-status.sock")
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """User and system CPU time so far (utime, stime of /proc/PID/stat)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise backend.LabError(f"no VmRSS for pid {self.pid}")
+
+    def status(self) -> dict[str, Any]:
+        from alg.daemon.status import query
+
+        return query(self.socket)
+
+    def packets(self) -> int:
+        return int(self.status()["counters"].get("packets", 0))
+
+
+@dataclass
+class Bench:
+    prefix: str
+    topo: Topology
+    plan: Plan
+    samples: Samples = field(default_factory=Samples)
+    daemon: Daemon | None = None
+    gateway: str | None = None  # what the bench last switched the router to
+    switch_s: list[float] = field(default_factory=list)  # how long each switch took
+
+    @property
+    def server(self) -> str:
+        return self.topo.address(self.topo.outside_server).ipv4
+
+    @property
+    def port(self) -> int:
+        return int(self.topo.ftp["vsftpd_port"])
+
+    def argv(self, workload: str, *flags: str) -> list[str]:
+        """The probe's command line, run inside the client namespace."""
+        ns = backend.namespace(self.prefix, self.topo.client)
+        probe = [sys.executable, str(PROBE), workload, self.server, "--port", str(self.port)]
+        return netns.in_ns(ns, [*probe, *flags])
+
+    def probe(self, workload: str, *flags: str, timeout: float) -> dict[str, Any]:
+        try:
+            done = netns.run(self.argv(workload, *flags), timeout=timeout)
+        except netns.CommandError as exc:
+            raise backend.LabError(f"bench probe {workload} failed: {exc}") from exc
+        result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+        return result
+
+    @contextlib.contextmanager
+    def metered(self, workload: str) -> Iterator[None]:
+        """Charge the daemon's CPU time and queued packets during the block to `workload`."""
+        if self.daemon is None:
+            yield
+            return
+        (user, system), packets = self.daemon.cpu_seconds(), self.daemon.packets()
+        yield
+        user2, system2 = self.daemon.cpu_seconds()
+        acc = self.samples.cpu.setdefault(workload, [0.0, 0.0, 0.0])
+        acc[0] += user2 - user
+        acc[1] += system2 - system
+        acc[2] += self.daemon.packets() - packets
+
+    def switch(self, gateway: str) -> None:
+        start = time.monotonic()
+        backend.set_gateway(self.prefix, gateway, log=quiet)
+        self.switch_s.append(time.monotonic() - start)
+        self.gateway = gateway
+        self.daemon = Daemon(self.prefix, self.topo.router) if gateway == "ftp-alg" else None
+
+    def held(self, workload: str, *flags: str) -> subprocess.Popen[str]:
+        """A probe that reports on stdout and waits for a line on stdin between steps."""
+        return subprocess.Popen(
+            self.argv(workload, *flags),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+
+def report(proc: subprocess.Popen[str], workload: str) -> str:
+    """A held probe's next report; silent for 300 s or exited: its stderr says why."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 300)
+    line = proc.stdout.readline() if ready else ""
+    if not line:
+        proc.kill()
+        err = proc.communicate()[1]
+        raise backend.LabError(f"bench probe {workload} failed: {err.strip()}")
+    return line
+
+
+def go_on(proc: subprocess.Popen[str]) -> None:
+    """Tell a held probe to take its next step."""
+    assert proc.stdin is not None
+    proc.stdin.write("\n")
+    proc.stdin.flush()
