@@ -66,6 +66,9 @@ class Samples:
     cpu: dict[str, list[float]] = field(default_factory=dict)
     idle: dict[str, float] = field(default_factory=dict)
     sessions_done: dict[str, int] = field(default_factory=dict)  # gateway -> completed
+    # Every packet of the control connections during ftp-alg's session workload, counted by
+    # a rule beside the queue's (what a daemon that queued every packet would have read).
+    control_packets: int = 0
 
 
 class Target(NamedTuple):
@@ -163,6 +166,8 @@ def figures(s: Samples, plan: Plan) -> dict[str, float]:
     u, sy, pkts = s.cpu.get("sessions", [0.0, 0.0, 0.0])
     done = s.sessions_done.get("ftp-alg", 0)
     out["queued_packets_per_session"] = _ratio(pkts, done)
+    out["control_packets_per_session"] = _ratio(s.control_packets, done)
+    out["queued_share"] = _ratio(pkts, s.control_packets)
     out["daemon_cpu_us_per_session"] = _ratio((u + sy) * 1e6, done)
     out.update(s.idle)
     return out

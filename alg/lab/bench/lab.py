@@ -112,6 +112,26 @@ class Bench:
         acc[1] += system2 - system
         acc[2] += self.daemon.packets() - packets
 
+    @contextlib.contextmanager
+    def control_counted(self) -> Iterator[None]:
+        """Count every packet of the FTP control connections (port 21) crossing mangle
+        POSTROUTING during the block, where the queue rules sit: a rule with no target
+        counts and lets the packet on to them. Added to `samples.control_packets`."""
+        ns = backend.namespace(self.prefix, self.topo.router)
+        rule = ["POSTROUTING", "-p", "tcp", "-m", "multiport", "--ports", str(self.port)]
+        rule += ["-m", "comment", "--comment", "ftp-alg-bench-count"]
+        ipt = ["iptables", "-w", "-t", "mangle"]
+        netns.run(netns.in_ns(ns, [*ipt, "-I", *rule[:1], "1", *rule[1:]]))
+        try:
+            yield
+            listed = netns.run(netns.in_ns(ns, [*ipt, "-L", "POSTROUTING", "1", "-v", "-x", "-n"]))
+            fields = listed.stdout.split()
+            if "ftp-alg-bench-count" not in listed.stdout or not fields[0].isdigit():
+                raise backend.LabError(f"the bench's counting rule moved: {listed.stdout!r}")
+            self.samples.control_packets += int(fields[0])
+        finally:
+            netns.run(netns.in_ns(ns, [*ipt, "-D", *rule]), check=False)
+
     def switch(self, gateway: str) -> None:
         start = time.monotonic()
         backend.set_gateway(self.prefix, gateway, log=quiet)

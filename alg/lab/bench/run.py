@@ -37,6 +37,10 @@ Plain NAT cannot carry an active-mode session (vsftpd refuses the private PORT a
   throughput_ratio_vs_kernel[.MODE]   ftp-alg / kernel helper, worse mode [this mode]
   daemon_packets                      packets the daemon was queued during the workloads
   queued_packets_per_session          of them, per complete session of the session workload
+  control_packets_per_session         every packet of those sessions' control connections
+                                      (counted beside the queue rules): what a daemon that
+                                      queued every packet, as ftp-alg did before 2026-12, read
+  queued_share                        queued / control packets of the session workload
   daemon_cpu_us_per_session           the daemon's CPU time per complete session
   daemon_cpu_us_per_packet            its CPU time per queued packet; .user and .system
                                       split it, .rtt and .sessions per workload. System time
@@ -102,7 +106,8 @@ def slot(bench: Bench, gateway: str, say: Say) -> None:
         got = bench.probe("rtt", "--count", str(plan.noops), timeout=plan.noops * 0.05 + 30)
     s.rtt.setdefault(gateway, []).extend(got["samples_us"])
     rates = []
-    with bench.metered("sessions"):
+    counted = bench.control_counted() if gateway == "ftp-alg" else contextlib.nullcontext()
+    with bench.metered("sessions"), counted:
         for mode in (m for m in MODES if applies(gateway, m)):
             for n in plan.parallel:
                 flags = ["--parallel", str(n), "--seconds", str(plan.seconds)]
