@@ -24,7 +24,6 @@ with the pyroute2 classes and takes ~0.5 ms, fine for `status`, not for a per-pa
 from __future__ import annotations
 
 import errno
-import functools
 import socket
 from typing import Any
 
@@ -90,10 +89,7 @@ def _packed(t: Tuple) -> tuple[bytes, bytes]:
     return socket.inet_pton(af, t.src), socket.inet_pton(af, t.dst)
 
 
-@functools.lru_cache(maxsize=4096)
 def _tuple_attr(atype: int, t: Tuple) -> bytes:
-    """Encoded once per tuple: a session's control tuple goes into its look-up, its
-    expectation (twice) and its seqadj writes."""
     src, dst = _packed(t)
     return m.tuple_attr(atype, t.family == 6, src, dst, t.proto, t.sport, t.dport)
 
