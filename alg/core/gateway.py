@@ -60,7 +60,10 @@ class Gateway:
         events and the adapter's own counts are one table (what `ftp-alg status` shows)."""
         self.config = config or Config()
         self._ctx = Context(self.config, counters)
-        self._flows: dict[FlowKey, tuple[Session, Stream]] = {}
+        # Flow keys to sessions, one table per direction (a value is the session alone, not
+        # a (session, stream) pair: memory per idle session).
+        self._to_server: dict[FlowKey, Session] = {}
+        self._to_client: dict[FlowKey, Session] = {}
         self._sessions: dict[int, Session] = {}
         # Sessions that set a hold deadline since the last tick: `next_tick` and `tick` look
         # at these only, so their cost follows the holds, not the sessions tracked.
@@ -92,12 +95,19 @@ class Gateway:
         return held
 
     def session_id(self, key: FlowKey) -> int | None:
-        found = self._flows.get(key)
+        found = self._find(key)
         return None if found is None else found[0].id
 
     def is_closing(self, key: FlowKey) -> bool:
-        found = self._flows.get(key)
+        found = self._find(key)
         return found is not None and found[0].closing_at is not None
+
+    def _find(self, key: FlowKey) -> tuple[Session, Stream] | None:
+        session = self._to_server.get(key)
+        if session is not None:
+            return session, session.orig
+        session = self._to_client.get(key)
+        return None if session is None else (session, session.reply)
 
     def connections(self) -> list[tuple[FlowKey, int]]:
         """Every session's conntrack original tuple and conntrack id (0 if unknown)."""
@@ -123,7 +133,7 @@ class Gateway:
             out.append(Accept(handle))
             return out
         key = (seg.src, seg.sport, seg.dst, seg.dport)
-        found = self._flows.get(key)
+        found = self._find(key)
         if found is not None and seg.flags & (SYN | ACK) == SYN and found[0].closing_at:
             out += self._remove(found[0], "its ports were reused by a new connection", now)
             found = None
@@ -221,7 +231,7 @@ class Gateway:
             return out
         for seg, handle in waiting:
             key = (seg.src, seg.sport, seg.dst, seg.dport)
-            found = self._flows.get(key)
+            found = self._find(key)
             if found is None:
                 out.append(Accept(handle))  # a tuple conntrack does not give this connection
                 continue
@@ -232,7 +242,7 @@ class Gateway:
         self, found: Found, first: Segment, now: float, out: list[Command]
     ) -> Session | None:
         orig, reply = found.original, found.reply
-        known = self._flows.get(orig) or self._flows.get(reply)
+        known = self._find(orig) or self._find(reply)
         if known is not None:
             self._index(known[0])
             return known[0]
@@ -296,7 +306,8 @@ class Gateway:
 
     def _index(self, session: Session) -> None:
         for key, stream in self._keys(session):
-            self._flows.setdefault(key, (session, stream))
+            table = self._to_server if stream is session.orig else self._to_client
+            table.setdefault(key, session)
 
     # ---- time ----------------------------------------------------------------------------
 
@@ -352,7 +363,7 @@ class Gateway:
         """Drop the session of a flow (any of its keys) and undo what it left. With the
         destroyed connection's conntrack `conn_id`, a session of a newer connection on the
         same tuple (a client reusing its port at once) is kept."""
-        found = self._flows.get(key)
+        found = self._find(key)
         if found is None:
             return []
         session = found[0]
@@ -374,8 +385,8 @@ class Gateway:
     def _remove(self, session: Session, reason: str, now: float) -> list[Command]:
         self._sessions.pop(session.id, None)
         self._timed.pop(session.id, None)
-        for key, _ in self._keys(session):
-            found = self._flows.get(key)
-            if found is not None and found[0] is session:
-                del self._flows[key]
+        for key, stream in self._keys(session):
+            table = self._to_server if stream is session.orig else self._to_client
+            if table.get(key) is session:
+                del table[key]
         return session.end(reason, now)
