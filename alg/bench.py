@@ -1,8 +1,9 @@
 """`ftp-alg bench`: the core's speed and memory, one `name value` figure per line.
 
-passthrough_pps  established session with an active offset: data and ack segments adjusted
-                 and re-checksummed
-rewrite_pps      PORT segments rewritten (the server's ack after each is fed, not timed)
+passthrough_pps  command and reply segments of a session whose kernel record holds an
+                 offset (only segments with payload are queued; the kernel shifts them)
+rewrite_pps      PORT segments rewritten, each with its reservation answered and its seqadj
+                 record written (the server's ack after each is fed, not timed)
 replay_pps       frames per second replaying zeek/cwd-navigation.pcap (shipped in alg/data),
                  reading and writing
 session_bytes    memory per tracked, established session (tracemalloc)
