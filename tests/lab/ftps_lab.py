@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from alg.lab import state
+from alg.lab import netns, state
 from tests.lab.conftest import LabHandle
 
 VSFTPD_CONF = """\
@@ -70,9 +70,7 @@ while True:
 
 
 def sh(ns: str, *argv: str, check: bool = True, timeout: float = 30) -> str:
-    done = subprocess.run(
-        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout
-    )
+    done = subprocess.run(netns.in_ns(ns, argv), capture_output=True, text=True, timeout=timeout)
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(argv)} in {ns}: {done.stderr.strip()}")
     return done.stdout
@@ -87,19 +85,13 @@ def wait_listen(ns: str, port: int) -> None:
 
 
 def joined_node(router: str, ns: str, link: str, router_cidr: str, node_cidr: str) -> None:
-    """A namespace `ns` on a /24 of its own behind `router` (veth `link` there, eth0 here)."""
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    gateway = router_cidr.split("/")[0]
-    for argv in (
-        ["-n", router, "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns],
-        ["-n", router, "addr", "add", router_cidr, "dev", link],
-        ["-n", router, "link", "set", link, "up"],
-        ["-n", ns, "addr", "add", node_cidr, "dev", "eth0"],
-        ["-n", ns, "link", "set", "eth0", "up"],
-        ["-n", ns, "link", "set", "lo", "up"],
-        ["-n", ns, "route", "add", "default", "via", gateway],
-    ):
-        subprocess.run(["ip", *argv], check=True)
+    """A namespace `ns` on a /24 of its own behind `router` (veth `link` there, eth0 here),
+    built with the lab's own primitives (alg/lab/netns.py)."""
+    netns.add(ns)
+    netns.veth(router, link, ns, "eth0")
+    netns.address(router, link, router_cidr)
+    netns.address(ns, "eth0", node_cidr)
+    netns.run(["ip", "-n", ns, "route", "add", "default", "via", router_cidr.split("/")[0]])
 
 
 def tls_vsftpd(
@@ -122,7 +114,7 @@ def tls_vsftpd(
     )
     log = (tmp / "vsftpd.log").open("ab")
     proc = subprocess.Popen(  # vsftpd writes start-up errors to fd 0
-        ["ip", "netns", "exec", ns, "vsftpd", str(conf)],
+        netns.in_ns(ns, ["vsftpd", str(conf)]),
         stdin=log, stdout=log, stderr=log, start_new_session=True,
     )  # fmt: skip
     wait_listen(ns, 21)
@@ -131,7 +123,7 @@ def tls_vsftpd(
 
 def probe_listener(ns: str, address: str, port: int) -> subprocess.Popen[bytes]:
     """Accepts on `address`:`port` and says "probe": shows that a forward reached it."""
-    argv = ["ip", "netns", "exec", ns, sys.executable, "-c", LISTEN, address, str(port)]
+    argv = netns.in_ns(ns, [sys.executable, "-c", LISTEN, address, str(port)])
     proc = subprocess.Popen(argv, start_new_session=True)
     wait_listen(ns, port)
     return proc

@@ -60,7 +60,7 @@ def alg(lab: LabHandle) -> Iterator[LabHandle]:
 
 def attack(lab: LabHandle, node: str, *args: str, timeout: float = 60) -> dict[str, Any]:
     done = subprocess.run(
-        ["ip", "netns", "exec", lab.ns(node), sys.executable, str(FLOOD), *args],
+        netns.in_ns(lab.ns(node), [sys.executable, str(FLOOD), *args]),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -250,9 +250,7 @@ def flood_with_transfers(lab: LabHandle, flood: str) -> dict[str, Any]:
     """Run the flood for FLOOD_SECONDS; meanwhile a transfer on each NAT side every 2 s."""
     node, host, kind = FLOODS[flood]
     argv = [sys.executable, str(FLOOD), "flood", host, kind, "--seconds", str(FLOOD_SECONDS)]
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", lab.ns(node), *argv], stdout=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen(netns.in_ns(lab.ns(node), argv), stdout=subprocess.PIPE, text=True)
     results: list[tuple[bool, float, str]] = []
     try:
         time.sleep(0.5)  # under way before the first transfer

@@ -32,7 +32,7 @@ OUTSIDE, ONE_MIB = "198.51.100.20", "1mib.bin"
 
 def router(lab: LabHandle, *argv: str) -> str:
     done = subprocess.run(
-        ["ip", "netns", "exec", lab.ns("router"), *argv],
+        netns.in_ns(lab.ns("router"), argv),
         capture_output=True,
         text=True,
         timeout=30,
@@ -55,7 +55,7 @@ def rules(lab: LabHandle) -> str:
 
 def probe(lab: LabHandle, *args: str) -> dict[str, object]:
     done = subprocess.run(
-        ["ip", "netns", "exec", lab.ns("client"), sys.executable, str(PROBE), *args],
+        netns.in_ns(lab.ns("client"), [sys.executable, str(PROBE), *args]),
         capture_output=True,
         text=True,
         timeout=120,
@@ -184,7 +184,7 @@ def test_split_port_without_tail_loss_probe_ends_in_a_logged_decision(alg: LabHa
     client = alg.ns("client")
     logfile = state.node_dir(alg.prefix, "router") / "logs" / "ftp-alg.log"
     seen = len(logfile.read_text())
-    sysctl = ["ip", "netns", "exec", client, "sysctl", "-q"]
+    sysctl = netns.in_ns(client, ["sysctl", "-q"])
     old = subprocess.run(
         [*sysctl, "-n", "net.ipv4.tcp_early_retrans"], capture_output=True, text=True, check=True
     ).stdout.strip()

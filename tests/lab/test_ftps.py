@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from alg.lab import backend, state
+from alg.lab import backend, netns, state
 from tests.lab.conftest import LabHandle
 from tests.lab.ftps_lab import (
     alg_log,
@@ -94,7 +94,7 @@ class Ftps:
         argv = ["curl", "-v", "--ssl-reqd", "-k", "--connect-timeout", "5", "-m", "20"]
         argv += [*extra, "-o", str(out), f"ftp://{PUBLIC}/1mib.bin"]
         return subprocess.run(
-            ["ip", "netns", "exec", self.outside, *argv],
+            netns.in_ns(self.outside, argv),
             capture_output=True,
             text=True,
             timeout=40,
@@ -144,7 +144,7 @@ def ftps(lab: LabHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[F
         backend.set_gateway(lab.prefix, "none", log=lambda _: None)  # rules and sets removed
         stop(procs)
         _forward(lab, add=False)
-        subprocess.run(["ip", "netns", "del", ns], check=False)  # takes the veth pair with it
+        netns.delete(ns)  # takes the veth pair with it
 
 
 @pytest.mark.parametrize("mode", ["none", "kernel"])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from alg.lab import backend, state
+from alg.lab import backend, netns, state
 from tests.lab.conftest import LabHandle
 from tests.lab.ftps_lab import (
     alg_log,
@@ -69,7 +69,7 @@ class Active:
         )
         client = self.lab.ns(self.lab.topo.client)
         return subprocess.run(
-            ["ip", "netns", "exec", client, "lftp", "-d", "-e", script, f"ftp://{SERVER}"],
+            netns.in_ns(client, ["lftp", "-d", "-e", script, f"ftp://{SERVER}"]),
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
 
@@ -104,7 +104,7 @@ def active(lab: LabHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator
            check=False)  # fmt: skip
         sh(router, "iptables", "-w", "-t", "nat", "-F", MASQ_CHAIN, check=False)
         sh(router, "iptables", "-w", "-t", "nat", "-X", MASQ_CHAIN, check=False)
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+        netns.delete(ns)
 
 
 @pytest.mark.parametrize("mode", ["none", "kernel"])
