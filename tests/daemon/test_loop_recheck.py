@@ -75,27 +75,26 @@ def _daemon_with_a_session() -> Daemon:
     return daemon
 
 
-def test_a_lost_destroy_event_leads_to_the_gone_session_being_forgotten() -> None:
+def _turn_after(lost: int) -> tuple[Daemon, Kernel]:
+    """One loop turn whose event read reports `lost` dropped events; the daemon's state after."""
     daemon = _daemon_with_a_session()
     kernel = Kernel()
     daemon.ct = kernel  # type: ignore[assignment]
-    events = Events(lose=1)
+    events = Events(lose=lost)
     try:
         daemon._turn([events.fileno()], [], events, NoStatus())  # type: ignore[arg-type]
-        assert daemon.gw.session_count == 0 and len(kernel.asked) == 1
-        assert daemon.counters["destroy-events-lost"] == 1
-        assert daemon.counters["destroy-recheck-forgotten"] == 1
     finally:
         daemon.metrics.close()
+    return daemon, kernel
+
+
+def test_a_lost_destroy_event_leads_to_the_gone_session_being_forgotten() -> None:
+    daemon, kernel = _turn_after(lost=1)
+    assert daemon.gw.session_count == 0 and len(kernel.asked) == 1
+    assert daemon.counters["destroy-events-lost"] == 1
+    assert daemon.counters["destroy-recheck-forgotten"] == 1
 
 
 def test_without_a_loss_nothing_is_looked_up() -> None:
-    daemon = _daemon_with_a_session()
-    kernel = Kernel()
-    daemon.ct = kernel  # type: ignore[assignment]
-    events = Events(lose=0)
-    try:
-        daemon._turn([events.fileno()], [], events, NoStatus())  # type: ignore[arg-type]
-        assert daemon.gw.session_count == 1 and kernel.asked == []
-    finally:
-        daemon.metrics.close()
+    daemon, kernel = _turn_after(lost=0)
+    assert daemon.gw.session_count == 1 and kernel.asked == []
