@@ -1,5 +1,6 @@
-"""Untrusted bytes and addresses made fit for a report or a log line (style.md: escape with
-ascii()); shared by the core's events and the adapters' reports."""
+"""Untrusted bytes and addresses made fit for a report or a log line (escaped with ascii(),
+so no control character from the wire reaches a terminal or a log); shared by the core's
+events and the adapters' reports."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 After a failover, `conntrackd -c expect` recreates the expectations it replicated, but only
 their tuple, master, mask, timeout, flags and helper name: no NAT part and no expect function
-(measured; see the project's linux-facts notes). Such an expectation matches the data
+(measured; docs/kernel-facts.md, "conntrackd"). Such an expectation matches the data
 connection yet leaves it un-NATed, and the inside host never sees it. This command, run by the
 standby right after the commit (a keepalived notify script, the lab's takeover step), deletes
 each of them whose master is a NATed connection and creates it again with CTA_EXPECT_NAT and
