@@ -195,11 +195,7 @@ class Daemon:
             if events.lost != lost:  # some sessions' ends were among the lost events
                 self.recheck.start(self.gw.connections())
         if self.recheck.pending:
-            now = time.monotonic()
-            for key, conn_id in self.recheck.step(self.ct):
-                self.counters["destroy-recheck-forgotten"] += 1
-                reason = "conntrack no longer has the connection (its destroy event was lost)"
-                self.executor.run(self.gw.forget(key, reason, now, conn_id))
+            self._recheck_some()
         for nfq in busy:
             nfq.run(block=False)
         if status.fileno() in ready:
@@ -207,6 +203,15 @@ class Daemon:
         now = time.monotonic()
         if now >= self.gw.next_tick():
             self.executor.run(self.gw.tick(now))
+
+    def _recheck_some(self) -> None:
+        """One batch of the re-check after lost destroy events: forget the sessions whose
+        connection conntrack no longer holds."""
+        now = time.monotonic()
+        for key, conn_id in self.recheck.step(self.ct):
+            self.counters["destroy-recheck-forgotten"] += 1
+            reason = "conntrack no longer has the connection (its destroy event was lost)"
+            self.executor.run(self.gw.forget(key, reason, now, conn_id))
 
     def _busy_poll(self, queues: list[Any]) -> None:
         """Poll the queue without sleeping for `busy_poll_us` after the last packet."""

@@ -118,19 +118,19 @@ class Bench:
         POSTROUTING during the block, where the queue rules sit: a rule with no target
         counts and lets the packet on to them. Added to `samples.control_packets`."""
         ns = backend.namespace(self.prefix, self.topo.router)
-        rule = ["POSTROUTING", "-p", "tcp", "-m", "multiport", "--ports", str(self.port)]
-        rule += ["-m", "comment", "--comment", "ftp-alg-bench-count"]
-        ipt = ["iptables", "-w", "-t", "mangle"]
-        netns.run(netns.in_ns(ns, [*ipt, "-I", *rule[:1], "1", *rule[1:]]))
+        ipt, chain, tag = ["iptables", "-w", "-t", "mangle"], "POSTROUTING", "ftp-alg-bench-count"
+        match = ["-p", "tcp", "-m", "multiport", "--ports", str(self.port)]
+        match += ["-m", "comment", "--comment", tag]
+        netns.run(netns.in_ns(ns, [*ipt, "-I", chain, "1", *match]))
         try:
             yield
-            listed = netns.run(netns.in_ns(ns, [*ipt, "-L", "POSTROUTING", "1", "-v", "-x", "-n"]))
+            listed = netns.run(netns.in_ns(ns, [*ipt, "-L", chain, "1", "-v", "-x", "-n"]))
             fields = listed.stdout.split()
-            if "ftp-alg-bench-count" not in listed.stdout or not fields[0].isdigit():
+            if tag not in listed.stdout or not fields[0].isdigit():
                 raise backend.LabError(f"the bench's counting rule moved: {listed.stdout!r}")
             self.samples.control_packets += int(fields[0])
         finally:
-            netns.run(netns.in_ns(ns, [*ipt, "-D", *rule]), check=False)
+            netns.run(netns.in_ns(ns, [*ipt, "-D", chain, *match]), check=False)
 
     def switch(self, gateway: str) -> None:
         start = time.monotonic()
