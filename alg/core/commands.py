@@ -115,6 +115,9 @@ class Found(NamedTuple):
     seqadj_reply: SeqAdjRecord | None = None
     anchored: bool = True
     conn_id: int = 0  # conntrack's CTA_ID: tells a connection from a later one on its tuple
+    # Conntrack saw both FINs or a RST: a payload segment there is a late copy or junk that
+    # hit the tuple, and starting a session for it would only hold it until conntrack's end.
+    closed: bool = False
 
 
 class NotFound(NamedTuple):

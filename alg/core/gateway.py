@@ -246,6 +246,18 @@ class Gateway:
         if known is not None:
             self._index(known[0])
             return known[0]
+        if found.closed:
+            self._ctx.count("closed-connection")
+            self._ctx.report(
+                out,
+                Report(
+                    EventKind.UNTRACKED,
+                    0,
+                    "conntrack has this connection closed (both FINs or a RST): a late or "
+                    "stray segment, passed untouched",
+                ),
+            )
+            return None
         if not found.anchored:
             self._ctx.count("not-anchored")
             self._ctx.report(

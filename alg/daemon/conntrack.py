@@ -17,12 +17,14 @@ from collections import Counter
 from collections.abc import Iterator
 
 from alg.core import DataExpectation, Dir, FlowKey, Found, NotFound, SeqAdjRecord
+from alg.kernel import messages as m
 from alg.kernel.ctnetlink import Ctnetlink
 from alg.kernel.cttypes import CtnetlinkError, ExpectationExists, SeqAdj, Tuple
 from alg.kernel.rules import ANCHOR_HELPER
 
 log = logging.getLogger("ftp-alg")
 _TCP = 6
+_CLOSED = (m.TCP_CONNTRACK_LAST_ACK, m.TCP_CONNTRACK_TIME_WAIT, m.TCP_CONNTRACK_CLOSE)
 
 
 def _text(raw: bytes) -> str:
@@ -104,6 +106,7 @@ class ConntrackAdapter:
             _record(entry.seqadj_reply),
             anchored=entry.helper == ANCHOR_HELPER,
             conn_id=entry.id,
+            closed=entry.tcp_state in _CLOSED,
         )
 
     def write_seqadj(self, original: FlowKey, direction: Dir, record: SeqAdjRecord) -> bool:

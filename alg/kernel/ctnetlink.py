@@ -309,7 +309,16 @@ def conntrack_from_message(data: bytes) -> Conntrack | None:
         seqadj_original=_seqadj(data, top.get(m.CTA_SEQ_ADJ_ORIG)),
         seqadj_reply=_seqadj(data, top.get(m.CTA_SEQ_ADJ_REPLY)),
         id=m.parse_u32(data, top.get(m.CTA_ID)),
+        tcp_state=_tcp_state(data, top.get(m.CTA_PROTOINFO)),
     )
+
+
+def _tcp_state(data: bytes, span: tuple[int, int] | None) -> int | None:
+    if span is None:
+        return None
+    tcp = m.attrs(data, *span).get(m.CTA_PROTOINFO_TCP)
+    state = None if tcp is None else m.attrs(data, *tcp).get(m.CTA_PROTOINFO_TCP_STATE)
+    return None if state is None else data[state[0]]
 
 
 def _signed(value: int) -> int:

@@ -76,6 +76,7 @@ class Conntrack:
     seqadj_original: SeqAdj | None = None
     seqadj_reply: SeqAdj | None = None
     id: int = 0  # CTA_ID: unique among the entries alive at once
+    tcp_state: int | None = None  # CTA_PROTOINFO_TCP_STATE (enum tcp_conntrack)
 
 
 @dataclass(frozen=True, slots=True)

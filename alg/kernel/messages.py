@@ -35,11 +35,19 @@ EXP_DELETE = (NFNL_SUBSYS_CTNETLINK_EXP << 8) | 2
 CTA_TUPLE_ORIG = 1
 CTA_TUPLE_REPLY = 2
 CTA_STATUS = 3
+CTA_PROTOINFO = 4
 CTA_HELP = 5
 CTA_TIMEOUT = 7
 CTA_ID = 12
 CTA_SEQ_ADJ_ORIG = 15
 CTA_SEQ_ADJ_REPLY = 16
+# enum ctattr_protoinfo, ctattr_protoinfo_tcp
+CTA_PROTOINFO_TCP = 1
+CTA_PROTOINFO_TCP_STATE = 1
+# enum tcp_conntrack (the states after both FINs or a RST: no more payload belongs there)
+TCP_CONNTRACK_LAST_ACK = 6
+TCP_CONNTRACK_TIME_WAIT = 7
+TCP_CONNTRACK_CLOSE = 8
 # enum ctattr_seqadj
 CTA_SEQADJ_CORRECTION_POS = 1
 CTA_SEQADJ_OFFSET_BEFORE = 2

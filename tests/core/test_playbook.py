@@ -153,3 +153,13 @@ def test_a_421_greeting_ends_the_session_too() -> None:
     pb.answer(pb.found(key)) << (EventKind.SESSION_NEW, Accept)
     pb.tick(6.0) << (EventKind.SESSION_END,)
     assert pb.gw.session_count == 0
+
+
+def test_a_segment_on_a_connection_conntrack_has_closed_starts_no_session() -> None:
+    """After the session ended (221, then `linger`), conntrack keeps the entry in TIME_WAIT
+    for two minutes: a late copy or junk on that tuple passes without a new session."""
+    pb = Playbook(Gateway())
+    key = (S, 21, C, CPORT)
+    pb.server(b"221 Goodbye.\r\n") << (Lookup(key, from_server=True),)
+    pb.answer(pb.found(key, closed=True)) << (EventKind.UNTRACKED, Accept)
+    assert pb.gw.session_count == 0 and pb.gw.counters["closed-connection"] == 1

@@ -159,3 +159,21 @@ def test_after_lost_destroy_events_gone_connections_are_found(lab: Lab, ct: Ctne
     gone += recheck.step(ct, batch=2)
     assert not recheck.pending
     assert sorted(gone) == sorted([(to_key(deleted), ids[deleted]), (to_key(replaced), older)])
+
+
+def test_a_closed_connection_is_reported_closed(lab: Lab, ct: Ctnetlink) -> None:
+    """The look-up reads conntrack's TCP state: TIME_WAIT (both FINs seen) is closed, a live
+    control connection is not."""
+    (live,) = _controls(lab, 1)
+    lab.run(
+        lab.router,
+        *("conntrack", "-I", "-p", "tcp", "-s", CLIENT4, "-d", OUTSIDE4),
+        *("--sport", "40999", "--dport", "21", "-r", OUTSIDE4, "-q", ROUTER_OUT4),
+        *("--reply-port-src", "21", "--reply-port-dst", "40999"),
+        *("--state", "TIME_WAIT", "--timeout", "60", "-u", "SEEN_REPLY"),
+    )
+    kernel = ConntrackAdapter(ct, tries=4, port_range=(50000, 60000))
+    closed = kernel.lookup(to_key(Tuple(4, 6, CLIENT4, OUTSIDE4, 40999, 21)))
+    assert isinstance(closed, Found) and closed.closed
+    alive = kernel.lookup(to_key(live))
+    assert isinstance(alive, Found) and not alive.closed
