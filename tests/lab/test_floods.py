@@ -324,8 +324,12 @@ def test_junk_flood_ftp_keeps_working_on_both_nat_sides(alg: LabHandle, flood: s
     extra = delta(after, before, "session-new") - len(results)
     print(f"  sessions the flood made: {extra}")
     assert 0 <= extra <= (run["flood"]["sent"] // 20000 if flood == "lan-to-21" else 0), after
-    # The transfers' control packets, plus the few later junk segments that land in the
-    # window of a connection the flood itself made ESTABLISHED (each such connection is a
-    # real, anchored one to the queue; measured: 13 packets for 3 of them in a 20 s flood).
-    assert queued <= 40 * len(results) + 10 * extra, after
+    # The transfers' control packets, plus the later junk segments that land in the window
+    # of a connection the flood itself made ESTABLISHED (each such connection is a real,
+    # anchored one to the queue; measured: 13 packets for 3 of them in a 20 s flood, up to
+    # ~100 each in other runs). Once conntrack has it closed (the server's RST), each such
+    # segment is passed without a session and counted as `closed-connection`.
+    closed = delta(after, before, "closed-connection")
+    print(f"  junk segments on connections conntrack had closed: {closed}")
+    assert queued <= 40 * len(results) + 10 * extra + closed, after
     assert delta(after, before, "errors") == 0, after
