@@ -248,15 +248,8 @@ class Gateway:
             return known[0]
         if found.closed:
             self._ctx.count("closed-connection")
-            self._ctx.report(
-                out,
-                Report(
-                    EventKind.UNTRACKED,
-                    0,
-                    "conntrack has this connection closed (both FINs or a RST): a late or "
-                    "stray segment, passed untouched",
-                ),
-            )
+            message = "conntrack has the connection closed: a late or stray segment, passed"
+            self._ctx.report(out, Report(EventKind.UNTRACKED, 0, message))
             return None
         if not found.anchored:
             self._ctx.count("not-anchored")

@@ -5,6 +5,7 @@ demand); tests/kernel/test_kernel_daemon_adapter.py runs the look-ups against th
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,9 +69,10 @@ def _daemon_with_a_session() -> Daemon:
     daemon = Daemon(Settings())
     greeting = build(S, C, 21, 40000, 5000, 1000, ACK | PSH, b"220 ready\r\n")
     pkt = Packet(greeting)
-    for cmd in daemon.gw.packet(pkt, greeting, 0.0):
+    now = time.monotonic()  # the loop's clock: an idle sweep must not end the session
+    for cmd in daemon.gw.packet(pkt, greeting, now):
         if isinstance(cmd, Lookup):
-            daemon.gw.answer(Found(cmd.key, ORIG, REPLY, conn_id=7), 0.0)
+            daemon.gw.answer(Found(cmd.key, ORIG, REPLY, conn_id=7), now)
     assert daemon.gw.session_count == 1
     return daemon
 
