@@ -38,7 +38,7 @@ def _raw(text: str, family: int) -> bytes:
 
 def to_tuple(key: FlowKey) -> Tuple:
     src, sport, dst, dport = key
-    return Tuple(4 if len(src) == 4 else 6, _TCP, _text(src), _text(dst), sport, dport)
+    return Tuple.known(4 if len(src) == 4 else 6, _TCP, _text(src), _text(dst), sport, dport)
 
 
 def to_key(t: Tuple) -> FlowKey:
@@ -47,7 +47,7 @@ def to_key(t: Tuple) -> FlowKey:
 
 def expected_tuple(exp: DataExpectation, port: int) -> Tuple:
     """The data connection as it reaches the router: peer (any port) -> outside:port."""
-    return Tuple(exp.family, _TCP, _text(exp.peer), _text(exp.outside), 0, port)
+    return Tuple.known(exp.family, _TCP, _text(exp.peer), _text(exp.outside), 0, port)
 
 
 def _record(adj: SeqAdj | None) -> SeqAdjRecord | None:

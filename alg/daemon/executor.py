@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Protocol
 
 from alg.core import (
@@ -34,15 +34,24 @@ from alg.core import (
 from alg.core.text import show_addr
 from alg.daemon.conntrack import expected_tuple
 from alg.daemon.ftps import FtpsRanges
+from alg.daemon.ratelimit import CHECKED
 
 log = logging.getLogger("ftp-alg")
 
 
-def log_report(report: Report) -> None:
+LogGate = Callable[[tuple[Hashable, Hashable], int], bool]
+
+
+def log_report(report: Report, gate: LogGate | None = None) -> None:
+    """One log line for `report`. `gate` (the rate limiter's `allows`) is asked before the
+    record is built: a refused line then costs a dictionary look-up, not a LogRecord."""
     level = int(report.kind.level)
     if not log.isEnabledFor(level):
         return
     reason = f" [{report.reason}]" if report.reason else ""
+    key = f"{report.kind}{reason}"
+    if gate is not None and not gate((report.session, key), level):
+        return
     detail = ""
     if report.before:
         detail += f" before={report.before!r}"
@@ -57,7 +66,7 @@ def log_report(report: Report) -> None:
         report.message,
         detail,
         # The rate limiter's key: bounce and low-port refusals are limited separately.
-        extra={"session": report.session, "kind": f"{report.kind}{reason}"},
+        extra={"session": report.session, "kind": key, CHECKED: gate is not None},
     )
 
 
@@ -79,6 +88,7 @@ class Executor:
         self.clock = clock
         self.counters = gw.counters  # one tally: the core's events and the verdicts beside them
         self.ftps = FtpsRanges((), gw.session_tuples, self.counters)  # loop.py sets the ranges
+        self.log_gate: LogGate | None = None  # loop.py sets the rate limiter's `allows`
 
     def run(self, commands: Iterable[Command]) -> None:
         todo: deque[Command] = deque(commands)
@@ -115,7 +125,7 @@ class Executor:
             self.counters["packets-dropped"] += 1
             cmd.handle.drop()  # type: ignore[attr-defined]
         elif isinstance(cmd, Report):
-            log_report(cmd)
+            log_report(cmd, self.log_gate)
             self.ftps.on_report(cmd)
         elif isinstance(cmd, WriteSeqAdj):
             self.kernel.write_seqadj(cmd.original, cmd.direction, cmd.record)

@@ -131,6 +131,7 @@ class Daemon:
         )
         limiter = RateLimitFilter(log)
         log.addFilter(limiter)
+        self.executor.log_gate = limiter.allows
         by_fd = {nfq.get_fd(): nfq for nfq in queues}
         fds = [*by_fd, events.fileno(), status.fileno(), rd]
         # What start-up allocated (modules, parsers, pyroute2's tables) lives as long as the
@@ -173,6 +174,7 @@ class Daemon:
             self.metrics.close()
             limiter.flush()
             log.removeFilter(limiter)
+            self.executor.log_gate = None
             self.ct.close()
             signal.set_wakeup_fd(-1)
         return 0

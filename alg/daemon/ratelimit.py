@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 Key = tuple[Hashable, Hashable]  # (session, kind)
 _MARK = "ratelimit_summary"  # set on the records this module writes itself
+CHECKED = "ratelimit_checked"  # set on records whose writer asked `allows` first
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,10 +194,17 @@ class RateLimitFilter(logging.Filter):
         self.clock = clock
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, _MARK, False):
+        if getattr(record, _MARK, False) or getattr(record, CHECKED, False):
             return True
         key = (getattr(record, "session", None), getattr(record, "kind", None))
-        ok, summaries = self.limiter.admit(key, self.clock(), record.levelno)
+        return self.allows(key, record.levelno)
+
+    def allows(self, key: Key, level: int) -> bool:
+        """Whether a record of `key` may be written now (summaries due are written first).
+        A writer that asks before building its record pays nothing for a refused one (the
+        daemon's per-session lines at hundreds of sessions a second); it then marks the
+        record with `CHECKED` in `extra`, so that the filter does not count it twice."""
+        ok, summaries = self.limiter.admit(key, self.clock(), level)
         for summary in summaries:
             self._write(summary)
         return ok

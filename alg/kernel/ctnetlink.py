@@ -288,7 +288,8 @@ class Ctnetlink:
 def _raw_tuple(family: int, data: bytes, span: tuple[int, int]) -> Tuple:
     src, dst, proto, sport, dport = m.parse_tuple(data, span)
     af = _AF[family]
-    return Tuple(family, proto, socket.inet_ntop(af, src), socket.inet_ntop(af, dst), sport, dport)
+    src_text, dst_text = socket.inet_ntop(af, src), socket.inet_ntop(af, dst)
+    return Tuple.known(family, proto, src_text, dst_text, sport, dport)
 
 
 def conntrack_from_message(data: bytes) -> Conntrack | None:

@@ -43,15 +43,28 @@ class Tuple:
             if not isinstance(value, int) or not 0 <= value <= top:
                 raise ValueError(f"{name} out of range: {value!r}")
 
+    @classmethod
+    def known(cls, family: int, proto: int, src: str, dst: str, sport: int, dport: int) -> Tuple:
+        """A tuple of values that are valid by construction (inet_ntop of packed addresses,
+        ports of 16 bits): the daemon builds several per session, and the checks above cost
+        more than the rest of building them."""
+        t = object.__new__(cls)
+        for name, value in zip(_FIELDS, (family, proto, src, dst, sport, dport), strict=True):
+            object.__setattr__(t, name, value)
+        return t
+
     def reversed(self) -> Tuple:
         """The same connection seen from the other direction (before any NAT)."""
-        return Tuple(self.family, self.proto, self.dst, self.src, self.dport, self.sport)
+        return Tuple.known(self.family, self.proto, self.dst, self.src, self.dport, self.sport)
 
     def __str__(self) -> str:
         def ep(addr: str, port: int) -> str:
             return f"[{addr}]:{port}" if self.family == 6 else f"{addr}:{port}"
 
         return f"{ep(self.src, self.sport)} -> {ep(self.dst, self.dport)}"
+
+
+_FIELDS = ("family", "proto", "src", "dst", "sport", "dport")
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from alg.daemon.metrics import Metrics, counter_metrics, metric_name, queue_stats
+from alg.daemon.metrics import Metrics, PacketTimes, counter_metrics, metric_name, queue_stats
 from alg.daemon.settings import load, parse_listen
 
 # Two queues: 0 is ours (bound, 3 and 1 drops), 7 belongs to someone else.
@@ -137,7 +137,7 @@ def test_off_means_no_server_and_no_cost() -> None:
     off = Metrics("")
     off.observe_packet(0.1)
     assert off.address is None
-    assert off.packet_seconds._sum.get() == 0  # not even recorded
+    assert off.packet_times.total == 0 and sum(off.packet_times.counts) == 0  # not recorded
 
 
 def test_a_family_counted_without_members_stays_unlabelled() -> None:
@@ -181,3 +181,15 @@ def test_bad_listen_addresses_are_refused_at_load(text: str) -> None:
 def test_metrics_listen_is_a_setting() -> None:
     assert load(None, {"metrics_listen": "[::1]:9477"}).metrics_listen == "[::1]:9477"
     assert load(None, {}).metrics_listen == ""
+
+
+def test_packet_times_count_a_value_on_a_bound_in_that_bucket() -> None:
+    """Prometheus buckets are `le` (less or equal), as prometheus_client's own Histogram."""
+    times = PacketTimes(bounds=(0.001, 0.01))
+    for seconds in (0.001, 0.0011, 0.01, 0.5):
+        times.observe(seconds)
+    metric = times.metric()
+    buckets = {s.labels["le"]: s.value for s in metric.samples if s.name.endswith("_bucket")}
+    assert buckets == {"0.001": 1, "0.01": 3, "+Inf": 4}
+    count = [s.value for s in metric.samples if s.name.endswith("_count")]
+    assert count == [4]

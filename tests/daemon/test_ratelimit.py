@@ -231,3 +231,36 @@ def test_the_filters_tick_writes_a_due_summary_through_the_logger(logger: loggin
         "bounce",
         "suppressed 29 similar messages (kind refusal.bounce, session 4) in the last 10.0 s",
     ]
+
+
+def test_the_daemons_report_lines_ask_first_and_build_no_record_when_refused() -> None:
+    """The daemon logs the core's reports through `log_report` with the filter's `allows`
+    as its gate: a refused line costs no LogRecord, an admitted one is not counted twice."""
+    from unittest import mock
+
+    from alg.core.reports import EventKind, Report
+    from alg.daemon.executor import log, log_report
+
+    handler = _Lines()
+    clock = [0.0]
+    filt = RateLimitFilter(log, RateLimiter(rate=1, burst=3), clock=lambda: clock[0])
+    log.addHandler(handler)
+    log.addFilter(filt)
+    level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        with mock.patch.object(log, "makeRecord", wraps=log.makeRecord) as made:
+            for _ in range(50):
+                log_report(Report(EventKind.REWRITE, 9, "PORT rewritten"), filt.allows)
+            clock[0] = 20.0
+            log_report(Report(EventKind.REWRITE, 9, "PORT rewritten"), filt.allows)
+    finally:
+        log.removeFilter(filt)
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert handler.lines[:3] == ["session 9 rewrite: PORT rewritten"] * 3
+    assert handler.lines[3] == (
+        "suppressed 47 similar messages (kind rewrite, session 9) in the last 20.0 s"
+    )
+    assert handler.lines[4:] == ["session 9 rewrite: PORT rewritten"]
+    assert made.call_count == len(handler.lines) == 5
