@@ -97,7 +97,16 @@ class WriteSeqAdj(NamedTuple):
     record: SeqAdjRecord
 
 
-Command = Accept | Drop | Lookup | Reserve | Withdraw | WriteSeqAdj | Report
+class Claim(NamedTuple):
+    """Mark the connection whose original tuple is `original` as watched (the watch bit of
+    its connmark), before the verdict that follows: from then on the kernel queues every
+    payload segment of it, the login lines it let pass unqueued before included
+    (alg/kernel/rules_skip.py)."""
+
+    original: FlowKey
+
+
+Command = Accept | Drop | Lookup | Reserve | Withdraw | WriteSeqAdj | Claim | Report
 
 
 # ---- answers (adapter -> core) ---------------------------------------------------------------
@@ -118,6 +127,10 @@ class Found(NamedTuple):
     # Conntrack saw both FINs or a RST: a payload segment there is a late copy or junk that
     # hit the tuple, and starting a session for it would only hold it until conntrack's end.
     closed: bool = False
+    # The connection carries the watch bit: a daemon met it before (this one, an earlier
+    # one, or the active router's), so every payload segment since has been queued. False:
+    # never met, and only whole login lines passed unqueued (the kernel's skip rule).
+    watched: bool = True
 
 
 class NotFound(NamedTuple):

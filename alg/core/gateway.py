@@ -22,7 +22,9 @@ from collections.abc import Iterator
 from alg.core.commands import (
     Accept,
     Answer,
+    Claim,
     Command,
+    FlowKey,
     Found,
     Handle,
     Lookup,
@@ -39,7 +41,6 @@ from alg.core.session import Session
 from alg.core.stream import Stream
 
 _SWEEP_EVERY = 1.0  # seconds between idle/expiry sweeps over all sessions
-FlowKey = tuple[bytes, int, bytes, int]
 
 
 def reverse(key: FlowKey) -> FlowKey:
@@ -60,8 +61,7 @@ class Gateway:
         events and the adapter's own counts are one table (what `ftp-alg status` shows)."""
         self.config = config or Config()
         self._ctx = Context(self.config, counters)
-        # Flow keys to sessions, one table per direction (a value is the session alone, not
-        # a (session, stream) pair: memory per idle session).
+        # Flow keys to sessions, one table per direction (sessions alone: memory per session).
         self._to_server: dict[FlowKey, Session] = {}
         self._to_client: dict[FlowKey, Session] = {}
         self._sessions: dict[int, Session] = {}
@@ -276,10 +276,13 @@ class Gateway:
             )
             return None
         # Only payload is queued: a session seen from its start shows the server's greeting
-        # first. Anything else was joined mid-stream (a restart, a failover).
+        # first; one never watched, its login lines at most; else it was joined mid-stream.
         fresh = bool(first.flags & SYN) or first.payload.startswith(b"220")
+        if not found.watched:
+            out.append(Claim(orig))
         records = (found.seqadj_original, found.seqadj_reply)
-        session = Session(self._ctx, (orig, reply), first.version, now, records, fresh)
+        args = (first.version, now, records, fresh, not found.watched)
+        session = Session(self._ctx, (orig, reply), *args)
         session.conn_id = found.conn_id
         self._sessions[session.id] = session
         self._index(session)

@@ -41,7 +41,9 @@ States (one per session)
     BLIND     --clear text-->       COMMANDS
     COMMANDS  --221 or 421-->       CLOSING    (a 421 greeting: GREETING, COMMANDS, CLOSING)
 
-A session joined mid-stream (after a restart or failover) starts in COMMANDS.
+A session joined mid-stream (after a restart or failover) starts in COMMANDS. So does one
+whose login lines the kernel let pass unqueued (alg/kernel/rules_skip.py), but knowing that
+no data port is in effect yet.
 """
 
 from __future__ import annotations
@@ -153,7 +155,9 @@ class Protocol:
         "state",
     )
 
-    def __init__(self, state: State, max_pending: int, max_line: int) -> None:
+    def __init__(
+        self, state: State, max_pending: int, max_line: int, from_login: bool = False
+    ) -> None:
         self.state = state
         self.pending: list[bytes] = []  # verbs awaiting their replies, oldest first
         self._multiline: bytes | None = None  # code of the multi-line reply in progress
@@ -161,8 +165,9 @@ class Protocol:
         self._noted_protected = False
         self._max_pending, self._max_line = max_pending, max_line
         # A PORT/PASV is in effect for the next transfer. Unknown when joined mid-stream:
-        # then assume one is, and never act on the default data port.
-        self._data_port_set = state is not State.GREETING
+        # then assume one is, and never act on the default data port. `from_login`: what
+        # went before were login lines only (the kernel's skip rule): none is in effect.
+        self._data_port_set = state is not State.GREETING and not from_login
 
     def signal(self, signal: Signal) -> None:
         before = self.state
@@ -172,6 +177,11 @@ class Protocol:
         if signal is Signal.CLEAR_TEXT and before is State.BLIND:
             self.pending.clear()
             self._multiline = None
+
+    def replies_lost(self) -> None:
+        """Bytes of the reply stream were never seen: a multi-line reply in progress may
+        have ended among them, so the next line is read as a reply of its own."""
+        self._multiline = None
 
     def commands_lost(self) -> None:
         """Bytes of the command stream were never seen (a gap): a PORT or PASV may have been

@@ -55,6 +55,7 @@ class Session(Dialogue):
         now: float,
         records: tuple[SeqAdjRecord | None, SeqAdjRecord | None],
         fresh: bool,
+        from_login: bool = False,
     ) -> None:
         self.ctx = ctx
         self.id = ctx.next_id
@@ -63,7 +64,10 @@ class Session(Dialogue):
         self.family = family
         config = ctx.config
         self.protocol = Protocol(
-            State.GREETING if fresh else State.COMMANDS, config.max_pending, config.max_line
+            State.GREETING if fresh else State.COMMANDS,
+            config.max_pending,
+            config.max_line,
+            from_login=from_login,
         )
         self.orig = Stream(Dir.ORIGINAL)
         self.reply = Stream(Dir.REPLY)
@@ -226,6 +230,8 @@ class Session(Dialogue):
         """Bytes before `seq` were never seen (lost before us, or not captured): resync."""
         if half is self.orig:
             self.protocol.commands_lost()
+        else:
+            self.protocol.replies_lost()
         self.drain(half, now, out, force=True)
         self.report(
             out,

@@ -66,8 +66,12 @@ class ConntrackAdapter:
         port_range: tuple[int, int],
         rng: random.Random | None = None,
         counters: Counter[str] | None = None,
+        watch_mark: int = 0,
     ) -> None:
+        """`watch_mark`: the connmark bits that say a daemon watches the connection (the
+        rules' skip rule lets login lines of unwatched ones pass unqueued); 0: none."""
         self.ct = ct
+        self.watch_mark = watch_mark
         self.tries = tries
         self.port_range = port_range
         self.rng = rng or random.Random()
@@ -107,7 +111,21 @@ class ConntrackAdapter:
             anchored=entry.helper == ANCHOR_HELPER,
             conn_id=entry.id,
             closed=entry.tcp_state in _CLOSED,
+            watched=not self.watch_mark or bool(entry.mark & self.watch_mark),
         )
+
+    def claim(self, original: FlowKey) -> bool:
+        """Set the watch bits in the connection's connmark: every payload segment of it is
+        queued from now on. Should it fail, the skip rule may let later login lines pass
+        unqueued: holes in the session's streams, which it closes as a lost segment's."""
+        try:
+            self.ct.set_mark(to_tuple(original), self.watch_mark, self.watch_mark)
+        except CtnetlinkError as exc:
+            self.counters["connmark-error"] += 1
+            log.warning("setting the watch mark of %s failed: %s", to_tuple(original), exc)
+            return False
+        self.counters["connmark-set"] += 1
+        return True
 
     def write_seqadj(self, original: FlowKey, direction: Dir, record: SeqAdjRecord) -> bool:
         """Store one direction's record before the rewritten segment's verdict."""

@@ -43,7 +43,11 @@ class Daemon:
         # answers and the loop's own counts; `ftp-alg status` and the metrics show it.
         self.counters: Counter[str] = Counter()
         self.conntrack = ConntrackAdapter(
-            self.ct, settings.port_tries, (low, high), counters=self.counters
+            self.ct,
+            settings.port_tries,
+            (low, high),
+            counters=self.counters,
+            watch_mark=settings.watch_mark,
         )
         self.gw = Gateway(settings.core, self.counters)
         self.executor = Executor(self.gw, self.conntrack, time.monotonic)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from alg.core import Config
+from alg.kernel.rules_skip import DEFAULT_WATCH_MARK
 
 DEFAULT_STATUS_SOCKET = "/run/ftp-alg/status.sock"
 DEFAULT_CONFIG = "/etc/ftp-alg/ftp-alg.toml"
@@ -55,6 +56,9 @@ class Settings:
     # the next control packet (often the answer, ~100 us later) then needs no wake-up, which
     # on a virtual machine costs 50-150 us. Spends CPU while traffic flows; 0 = off.
     busy_poll_us: int = 0
+    # The connmark bits that say the daemon watches a connection (alg/kernel/rules_skip.py):
+    # `rules apply` reads the same config for its skip rule. 0: no skip rule, no mark.
+    watch_mark: int = DEFAULT_WATCH_MARK
     # Bounded tries at a random outside port when the inside one is taken on the router.
     port_tries: int = 16
     port_range: tuple[int, int] = (1024, 65535)
@@ -110,6 +114,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "queue_count": (1, 65536),
     "busy_poll_us": (0, 1_000_000),
     "port_tries": (1, 1024),
+    "watch_mark": (0, 0xFFFFFFFF),
 }
 
 

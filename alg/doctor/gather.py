@@ -57,7 +57,9 @@ def _options(settings: Settings, status: dict[str, Any] | None) -> RuleOptions:
         first = int(status.get("queue", first))
         count = int(status.get("queues", count))
     balance = (first, first + count - 1) if count > 1 else None
-    return RuleOptions(queue_num=first, ports=ports, queue_balance=balance)
+    return RuleOptions(
+        queue_num=first, ports=ports, queue_balance=balance, watch_mark=settings.watch_mark
+    )
 
 
 def _saves() -> dict[str, str]:

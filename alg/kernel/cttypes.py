@@ -90,6 +90,7 @@ class Conntrack:
     seqadj_reply: SeqAdj | None = None
     id: int = 0  # CTA_ID: unique among the entries alive at once
     tcp_state: int | None = None  # CTA_PROTOINFO_TCP_STATE (enum tcp_conntrack)
+    mark: int = 0  # CTA_MARK, the connmark
 
 
 @dataclass(frozen=True, slots=True)

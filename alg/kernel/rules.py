@@ -13,6 +13,7 @@ from typing import Literal
 
 from alg.core.config import DEFAULT_CONTROL_PORTS
 from alg.kernel.rules_ftps import SET_PREFIX, FtpsRange, create_set, dnat_rule
+from alg.kernel.rules_skip import DEFAULT_WATCH_MARK, skip_rule
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,12 @@ Why these rules:
   restarted daemon reads the record back; conntrackd carries it to a standby router.
 - So only segments that carry payload go to the queue: pure ACKs, SYNs and FINs without data
   never leave the kernel (the -m bpf program compares the IP length with the headers').
+- Nor do a connection's login lines, until ftp-alg has met it: a segment of whole lines that
+  starts with USER, PASS, SYST, TYPE, ... or a plain 220/230/331/200 reply, holds no address,
+  passive, transfer or AUTH word, and whose connection lacks the watch bit in its connmark
+  (watch_mark) passes the queue (RETURN). ftp-alg sets the bit when it starts watching a
+  connection (ctnetlink), so from then on every payload segment is queued. (iptables only:
+  nft has no match for a segment's last byte, so the nft rule set queues these lines too.)
 - Both directions are queued in mangle POSTROUTING: after conntrack, so conntrack sees every
   packet as its sender sent it (one consistent numbering per direction), and before SNAT
   and before the shift, so ftp-alg sees inside addresses and the sender's numbers. A reply
@@ -98,6 +105,8 @@ class RuleOptions:
     queue_balance: tuple[int, int] | None = None  # first and last queue, both included
     families: tuple[int, ...] = (4, 6)
     ftps: tuple[FtpsRange, ...] = ()  # declared FTPS ranges (daemon config), none by default
+    # The daemon's watch_mark: login lines of connections without it pass unqueued (0: off).
+    watch_mark: int = DEFAULT_WATCH_MARK
 
     def __post_init__(self) -> None:
         if not self.ports or len(self.ports) > MAX_PORTS:
@@ -112,6 +121,8 @@ class RuleOptions:
                 raise ValueError("queue balance must be A:B with 0 <= A < B <= 65535")
         if not self.families or any(f not in (4, 6) for f in self.families):
             raise ValueError("families must be 4 and/or 6")
+        if not 0 <= self.watch_mark <= 0xFFFFFFFF:
+            raise ValueError("watch_mark must be a 32-bit mask")
 
 
 # --- iptables --------------------------------------------------------------------------------
@@ -161,13 +172,15 @@ def iptables_rules(opts: RuleOptions, family: int = 4) -> dict[Chain, tuple[tupl
     anchor = (*to_ports, "-j", "CT", "--helper", ANCHOR_HELPER)
     inspect = ("-m", "conntrack", "--ctstate", "ESTABLISHED", "-m", "bpf", "--bytecode")
     payload = (*inspect, PAYLOAD_BPF[family], *_queue_target(opts))
+    from_ports = _port_match("sport", opts.ports)
+    skip: tuple[tuple[str, ...], ...] = ()
+    if opts.watch_mark:
+        mark = opts.watch_mark
+        skip = (skip_rule(family, True, to_ports, mark), skip_rule(family, False, from_ports, mark))
     return {
         RAW_IN: (anchor,),
         RAW_OUT: (anchor,),
-        MANGLE_POST: (
-            (*to_ports, *payload),
-            (*_port_match("sport", opts.ports), *payload),
-        ),
+        MANGLE_POST: (*skip, (*to_ports, *payload), (*from_ports, *payload)),
     }
 
 

@@ -58,31 +58,36 @@ def _options(parser: argparse.ArgumentParser) -> None:
         "--config",
         metavar="FILE",
         help="the daemon's config: its ftps_passive_ports/ftps_active_ports add the FTPS range"
-        " DNAT rules (default: $FTP_ALG_CONFIG, else /etc/ftp-alg/ftp-alg.toml if present)",
+        " DNAT rules, its watch_mark is the skip rule's (default: $FTP_ALG_CONFIG, else"
+        " /etc/ftp-alg/ftp-alg.toml if present)",
     )
 
 
-def _ftps_ranges(path: str | None) -> tuple[FtpsRange, ...]:
-    """The FTPS ranges the daemon's config declares; none without a config file."""
-    from alg.daemon.settings import config_default, load
+def _from_config(path: str | None) -> tuple[tuple[FtpsRange, ...], int]:
+    """What the daemon's config says the rules need: its FTPS ranges (none without a config
+    file) and its watch mark (the skip rule must test the bits the daemon sets)."""
+    from alg.daemon.settings import Settings, config_default, load
 
     path = path or config_default()
     if path is None:
-        return ()
+        return (), Settings().watch_mark
     try:
         settings = load(path, {})
     except OSError as exc:
         raise ValueError(f"cannot read the config {path}: {exc.strerror}") from None
-    return ranges_from(settings.ftps_passive_ports, settings.ftps_active_ports)
+    ranges = ranges_from(settings.ftps_passive_ports, settings.ftps_active_ports)
+    return ranges, settings.watch_mark
 
 
 def _rule_options(args: argparse.Namespace) -> rules.RuleOptions:
+    ftps, watch_mark = _from_config(args.config)
     return rules.RuleOptions(
         queue_num=args.queue_num,
         ports=parse_ports(args.ports),
         queue_balance=parse_balance(args.queue_balance) if args.queue_balance else None,
         families=_FAMILIES[args.family],
-        ftps=_ftps_ranges(args.config),
+        ftps=ftps,
+        watch_mark=watch_mark,
     )
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 
 from alg.core import (
     Accept,
+    Claim,
     Command,
     Config,
     CoreError,
@@ -323,7 +324,7 @@ class Replay:
                 self.conns[cmd.original].records[cmd.direction] = cmd.record
             elif isinstance(cmd, Withdraw):
                 self._expectation("unexpect", cmd.expectation)
-            else:
+            elif not isinstance(cmd, Claim):  # replayed sessions count as watched: no claims
                 self._report(cmd)
 
     def _lookup(self, key: FlowKey) -> Found | NotFound:

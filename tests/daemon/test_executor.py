@@ -45,10 +45,13 @@ class FakeKernel:
     journal: Journal
     fail_writes: bool = False
     taken: set[int] = field(default_factory=set)
+    watched: bool = True  # the connection carries the watch bit (False: login lines skipped)
 
     def lookup(self, key: FlowKey, from_server: bool = False) -> Found | NotFound:
         self.journal.entries.append("lookup")
-        return Found(key, ORIG, REPLY) if key in (ORIG, (S, 21, C, 40000)) else NotFound(key)
+        if key not in (ORIG, (S, 21, C, 40000)):
+            return NotFound(key)
+        return Found(key, ORIG, REPLY, watched=self.watched)
 
     def reserve(self, exp: DataExpectation, fixed: bool = False) -> int | None:
         self.journal.entries.append(f"reserve {exp.outside_port}")
@@ -62,6 +65,10 @@ class FakeKernel:
 
     def withdraw(self, exp: DataExpectation) -> None:
         self.journal.entries.append(f"withdraw {exp.outside_port}")
+
+    def claim(self, original: FlowKey) -> bool:
+        self.journal.entries.append(f"claim {'ORIG' if original == ORIG else original}")
+        return True
 
 
 def _setup(**kernel: Any) -> tuple[Executor, Journal, Gateway]:
@@ -94,6 +101,24 @@ def test_the_record_and_the_expectation_reach_the_kernel_before_the_verdict() ->
         "PORT accepted",
     ]
     assert b"PORT 192,168,15,5,4,1\r\n" in sent.payload
+
+
+def test_a_connection_met_after_its_login_is_claimed_before_its_first_verdict() -> None:
+    """The kernel let the login lines pass unqueued (no watch bit): the daemon sets the bit
+    before anything else, so every later segment is queued; a LIST with no PORT before it
+    then uses RFC 959's default data port, which a session joined mid-stream cannot know."""
+    executor, journal, gw = _setup(watched=False)
+    seq = 1000 + len(b"USER a\r\nPASS b\r\n")
+    _feed(executor, journal, "LIST", build(C, S, 40000, 21, seq, 5050, ACK | PSH, b"LIST\r\n"))
+    assert journal.entries[:3] == ["lookup", "claim ORIG", "reserve 40000"]
+    assert journal.entries[-1] == "LIST accepted"
+    assert gw.counters["rewrite"] == 0 and "refusal" not in gw.counters
+
+
+def test_a_watched_connection_met_mid_stream_is_not_claimed_again() -> None:
+    executor, journal, _ = _setup(watched=True)
+    _feed(executor, journal, "LIST", build(C, S, 40000, 21, 1016, 5050, ACK | PSH, b"LIST\r\n"))
+    assert journal.entries == ["lookup", "LIST accepted"]
 
 
 def test_a_failing_command_costs_only_itself() -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from alg.kernel import rules, rules_exec
 from alg.kernel.ctnetlink import Ctnetlink, Tuple
+from alg.kernel.rules_skip import bytecode, skip_program
 from alg.lab import netns
 from alg.options import parse_balance, parse_ports
 from tests.kernel.lab import CLIENT4, INSIDE4, OUTSIDE4, OUTSIDE6, ROUTER_OUT4, Lab
@@ -50,14 +51,28 @@ def test_queue_placement_and_anchor_order() -> None:
         assert [("--dports" in r, "--sports" in r) for r in mangle] == [
             (True, False),
             (False, True),
+            (True, False),
+            (False, True),
         ]
+        skips, queues = mangle[:2], mangle[2:]
         for rule in mangle:
             assert rule[rule.index("--ctstate") + 1] == "ESTABLISHED"
+        # Login lines of connections the daemon has not met pass first (rules_skip.py) ...
+        for rule, from_client in zip(skips, (True, False), strict=True):
+            assert rule[rule.index("--mark") + 1] == "0x0/0x1000000"
+            assert rule[rule.index("--bytecode") + 1] == bytecode(
+                skip_program(family, from_client)
+            )
+            assert rule[-2:] == ("-j", "RETURN")
+        # ... every other payload segment is queued.
+        for rule in queues:
             assert rule[rule.index("--bytecode") + 1] == rules.PAYLOAD_BPF[family]
             assert rule[-5:] == ("-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass")
         every = [rule for chain in chains.values() for rule in chain]
         assert sum("NFQUEUE" in rule for rule in every) == 2  # each direction queued once
         assert not any(flag in rule for rule in every for flag in ("-d", "-s", "--helper ftp"))
+        off = rules.iptables_rules(rules.RuleOptions(watch_mark=0), family)[rules.MANGLE_POST]
+        assert off == queues  # watch_mark = 0: no skip rule
 
 
 def test_nft_queue_placement() -> None:
@@ -200,10 +215,18 @@ def test_apply_twice_then_remove_restores_every_table(lab: Lab) -> None:
             assert [line for line in raw if line.startswith("-A FTP_ALG_OUT ")] == [
                 f"-A FTP_ALG_OUT {ports} --dports 21,2121 -j CT --helper sane",
             ]
-            assert [line for line in mangle if line.startswith("-A FTP_ALG ")] == [
+            listed = [line for line in mangle if line.startswith("-A FTP_ALG ")]
+            assert listed[2:] == [
                 f"-A FTP_ALG {ports} --dports 21,2121 {queue}",
                 f"-A FTP_ALG {ports} --sports 21,2121 {queue}",
             ]
+            skip = "-m conntrack --ctstate ESTABLISHED -m connmark --mark 0x0/0x1000000"
+            for line, side, from_client in zip(
+                listed[:2], ("--dports", "--sports"), (True, False), strict=True
+            ):
+                program = bytecode(skip_program(family, from_client))
+                head = f'-A FTP_ALG {ports} {side} 21,2121 {skip} -m bpf --bytecode "{program}"'
+                assert line.startswith(head) and line.endswith(" -j RETURN")
 
         shown = lab.ftp_alg("rules", "show")
         assert shown.returncode == 0
@@ -212,7 +235,7 @@ def test_apply_twice_then_remove_restores_every_table(lab: Lab) -> None:
             assert f"# {tool} -t mangle\n" in shown.stdout
         # per family: the anchor in PREROUTING and OUTPUT, the match on both queue rules
         assert shown.stdout.count("-j CT --helper sane") == 4
-        assert shown.stdout.count("--ctstate ESTABLISHED") == 4
+        assert shown.stdout.count("--ctstate ESTABLISHED") == 8  # and on both skip rules
         assert shown.stdout.count("-j NFQUEUE") == 4  # one per direction, per family
 
         done = lab.ftp_alg("rules", "remove")
@@ -347,7 +370,8 @@ _PATHS = {
 def test_queue_placement_in_the_kernel(lab: Lab, path: str) -> None:
     """With the rules applied and no queue reader (no daemon), FTP control traffic passes
     (--queue-bypass), and exactly the segments that carry payload are queued, once each, in
-    mangle POSTROUTING: the PORT line and the 200 reply, never a SYN, pure ACK or FIN.
+    mangle POSTROUTING: the PORT line (the 200 reply passes the skip rule), never a SYN, pure
+    ACK or FIN.
     conntrack's own per-direction accounting of the connection is the independent count."""
     client_ns, server_ns, listen_addr, connect_addr, family = _PATHS[path]
     tool = rules.TOOLS[family]
@@ -382,9 +406,10 @@ def test_queue_placement_in_the_kernel(lab: Lab, path: str) -> None:
         # SYN, ACK, data, FIN, ACK one way; SYN-ACK, ACKs, data, FIN the other, at least
         assert original >= 4 and reply >= 4
         # The router's own client: the replies come in through INPUT, never POSTROUTING (no NAT
-        # stands between the ends, so there is nothing to rewrite in them).
-        replies_queued = 0 if client_ns == "router" else 1
-        assert mangle == [("NFQUEUE", 1), ("NFQUEUE", replies_queued)]
+        # stands between the ends, so there is nothing to rewrite in them). The 200 is a login
+        # line to the skip rule: no daemon marked the connection watched, so it passes.
+        replies = 0 if client_ns == "router" else 1
+        assert mangle == [("RETURN", 0), ("RETURN", replies), ("NFQUEUE", 1), ("NFQUEUE", 0)]
         assert raw_out == [("CT", original if client_ns == "router" else 0)]
         assert raw_in == [("CT", 0 if client_ns == "router" else original)]
     finally:

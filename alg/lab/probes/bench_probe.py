@@ -7,12 +7,13 @@ workload prints one JSON document on stdout; `idle` also talks over stdin/stdout
 holds its sessions open.
 
 Workloads:
-  rtt       COUNT NOOP/200 exchanges over a few logged-in sessions, each timed (us)
+  rtt       COUNT NOOP/200 exchanges over a few logged-in sessions, each timed (us); each
+            session sends a PWD first, so that ftp-alg watches it (Control.watched)
   sessions  complete sessions (connect, login, PORT or PASV, LIST, QUIT) for SECONDS, with
             PARALLEL of them at once (threads spread over a few processes)
   retr      RETR one file in active or passive mode, COUNT times, each timed at the client
   idle      COUNT logged-in sessions held open until told to close them (reporting
-            after STEP of them too)
+            after STEP of them too), each watched by ftp-alg (a PWD after the login)
   survive   COUNT sessions with a rewritten PORT behind them, tried again once told (after
             a daemon restart or a router failover)
 
@@ -80,6 +81,14 @@ class Control:
         if self.cmd(b"USER anonymous", b"230", b"331")[:3] == b"331":
             self.cmd(b"PASS bench@", b"230")
 
+    def watched(self) -> None:
+        """Log in, then make ftp-alg watch the session: until a session's first line that
+        is not a login line, the kernel's skip rule keeps it from the daemon (as it does
+        for real sessions until their first PWD, LIST, PASV, ...), and a figure of a
+        session the daemon never saw would not be a figure of ftp-alg."""
+        self.login()
+        self.cmd(b"PWD", b"257")
+
     def close(self) -> None:
         self.sock.close()
 
@@ -129,7 +138,7 @@ def rtt(server: str, port: int, count: int, sessions: int = 4, warmup: int = 50)
     clock = time.perf_counter_ns
     for k in range(sessions):
         ctl = Control(server, port)
-        ctl.login()
+        ctl.watched()
         sock = ctl.sock
         share = count // sessions + (1 if k < count % sessions else 0)
         for i in range(warmup + share):
@@ -266,7 +275,7 @@ def idle(server: str, port: int, count: int, step: int) -> dict[str, Any]:
             while len(held) < target:
                 ctl = Control(server, port)
                 held.append(ctl)
-                ctl.login()
+                ctl.watched()
             print(json.dumps({"open": len(held)}), flush=True)
             sys.stdin.readline()
         for ctl in held:

@@ -1,0 +1,157 @@
+"""The login lines the kernel keeps to itself: a rule before the queue rule lets a segment
+pass without queueing it when nothing in it can matter to ftp-alg.
+
+Every control connection starts with the same few lines (the greeting, USER, PASS, SYST,
+TYPE, and their plain replies), and each queued segment costs the daemon a wake-up, a look at
+the packet and a verdict (the kernel forwards the packet inside that call). So until the
+daemon first meets a connection, segments that are whole boring lines pass straight on. A
+segment passes unqueued only when all of these hold:
+
+- the connection does not carry the watch bit in its connmark. The daemon sets the bit
+  (ctnetlink, CTA_MARK with CTA_MARK_MASK) when it starts a session for the connection, before
+  the verdict of its first segment, so from then on every payload segment is queued as before
+  and the daemon's streams have no holes;
+- the segment ends in a line feed (a line split over segments is queued: its rest may follow);
+- it starts with one of the verbs or reply codes below (-m bpf: a continuation of a split line
+  starts mid-line, not with one of these, and is queued);
+- nowhere in it (-m string, any case) stands a word that ftp-alg acts on: an address or passive
+  command, a transfer command (RFC 959's default data port is decided by them), AUTH, or a
+  227/228/229/234/221/421 reply. A client that pipelines "PASS x\\r\\nPASV\\r\\n" in one
+  segment has it queued.
+
+So what the daemon never sees of a connection is a run of login lines at its start: its first
+segment finds a session that is logged in, with no command waiting and no data port set. A
+daemon that meets a connection whose bit is set (restarted, or the standby after a failover)
+knows it joined mid-stream. `watch_mark = 0` in the config turns both the rule and the bit off.
+"""
+
+from __future__ import annotations
+
+# Client commands that start a skippable segment: 4 bytes each, compared in lower case
+# (the program ORs 0x20 into every byte, which lowers letters and leaves a space a space).
+CLIENT_PREFIXES = (
+    b"user",
+    b"pass",
+    b"acct",
+    b"syst",
+    b"type",
+    b"mode",
+    b"stru",
+    b"noop",
+    b"opts",
+    b"cdup",
+    b"xpwd",
+    b"cwd ",
+)
+# Server replies that start a skippable segment: a final single-line reply with these codes.
+SERVER_PREFIXES = (b"220 ", b"230 ", b"331 ", b"332 ", b"215 ", b"200 ", b"202 ", b"250 ", b"257 ")
+# Words whose presence anywhere in a segment queues it (matched in any case).
+CLIENT_WORDS = (
+    "PORT",
+    "EPRT",
+    "LPRT",
+    "PASV",
+    "EPSV",
+    "LPSV",
+    "AUTH",
+    "RETR",
+    "STOR",
+    "STOU",
+    "APPE",
+    "LIST",
+    "NLST",
+    "MLSD",
+)
+SERVER_WORDS = ("227", "228", "229", "234", "221", "421")
+DEFAULT_WATCH_MARK = 0x01000000
+
+# Classic BPF opcodes (linux/filter.h)
+_LDX_MSH, _LDB_IND, _LDW_IND, _LDB_ABS, _LDH_ABS = 0xB1, 0x50, 0x40, 0x30, 0x28
+_AND, _OR, _RSH, _ADD_X, _ADD, _SUB = 0x54, 0x44, 0x74, 0x0C, 0x04, 0x14
+_TAX, _ST, _LDX_MEM = 0x07, 0x02, 0x61
+_JEQ, _JGT_X, _RET = 0x15, 0x2D, 0x06
+
+Insn = tuple[int, int, int, int]
+
+
+def skip_program(family: int, from_client: bool) -> list[Insn]:
+    """The -m bpf program: true for a segment that is whole lines (ends in LF) and starts with
+    one of the direction's prefixes. It sees the packet from its IP header; an IPv6 packet
+    with extension headers, or a payload shorter than 4 bytes, is no match (queued)."""
+    prog: list[tuple[int, int | str, int | str, int]] = []
+    if family == 4:
+        prog += [
+            (_LDX_MSH, 0, 0, 0),  # X = IP header length
+            (_LDB_IND, 0, 0, 12),  # TCP data offset byte
+            (_AND, 0, 0, 0xF0),
+            (_RSH, 0, 0, 2),
+            (_ADD_X, 0, 0, 0),  # A = payload offset
+            (_ST, 0, 0, 0),
+            (_TAX, 0, 0, 0),
+            (_LDH_ABS, 0, 0, 2),  # A = total length
+        ]
+    else:
+        prog += [
+            (_LDB_ABS, 0, 0, 6),  # next header: TCP right after the fixed header only
+            (_JEQ, 0, "fail", 6),
+            (_LDB_ABS, 0, 0, 40 + 12),
+            (_AND, 0, 0, 0xF0),
+            (_RSH, 0, 0, 2),
+            (_ADD, 0, 0, 40),  # A = payload offset
+            (_ST, 0, 0, 0),
+            (_TAX, 0, 0, 0),
+            (_LDH_ABS, 0, 0, 4),  # payload length after the fixed header
+            (_ADD, 0, 0, 40),  # A = total length
+        ]
+    prefixes = CLIENT_PREFIXES if from_client else SERVER_PREFIXES
+    prog += [
+        (_JGT_X, 0, "fail", 0),  # some payload
+        (_SUB, 0, 0, 1),
+        (_TAX, 0, 0, 0),
+        (_LDB_IND, 0, 0, 0),  # its last byte
+        (_JEQ, 0, "fail", 0x0A),
+        (_LDX_MEM, 0, 0, 0),
+        (_LDW_IND, 0, 0, 0),  # its first 4 bytes
+    ]
+    if from_client:
+        prog.append((_OR, 0, 0, 0x20202020))
+    prog += [(_JEQ, "match", 0, int.from_bytes(p, "big")) for p in prefixes]
+    prog += [(_RET, 0, 0, 0), (_RET, 0, 0, 1)]
+    fail, match = len(prog) - 2, len(prog) - 1
+    out: list[Insn] = []
+    for i, (code, jt, jf, k) in enumerate(prog):
+        targets = [fail if j == "fail" else match if j == "match" else None for j in (jt, jf)]
+        jt_off, jf_off = (0 if t is None else t - i - 1 for t in targets)
+        out.append((code, jt_off, jf_off, k))
+    return out
+
+
+def bytecode(program: list[Insn]) -> str:
+    """The program as iptables' --bytecode takes it (nfbpf_compile's format)."""
+    return ",".join([str(len(program)), *(" ".join(map(str, insn)) for insn in program)])
+
+
+def skip_rule(family: int, from_client: bool, ports: tuple[str, ...], mark: int) -> tuple[str, ...]:
+    """The rule that lets a skippable segment leave the chain before the queue rule."""
+    words = CLIENT_WORDS if from_client else SERVER_WORDS
+    strings: tuple[str, ...] = ()
+    for word in words:  # in the order iptables-save lists them (`ftp-alg doctor` compares)
+        strings += ("-m", "string", "!", "--string", word, "--algo", "bm", "--icase")
+    return (
+        *ports,
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "ESTABLISHED",
+        "-m",
+        "connmark",
+        "--mark",
+        f"0x0/{mark:#x}",
+        "-m",
+        "bpf",
+        "--bytecode",
+        bytecode(skip_program(family, from_client)),
+        *strings,
+        "-j",
+        "RETURN",
+    )

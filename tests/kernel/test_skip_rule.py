@@ -1,0 +1,148 @@
+"""The skip rule in the real kernel: which segments of a connection that no daemon watches
+pass unqueued, and that the watch bit, set over ctnetlink as the daemon does, ends it.
+
+One namespace of its own, loopback only: the rendered skip rules (alg/kernel/rules_skip.py)
+then the payload match of the queue rule, in a chain jumped to from mangle POSTROUTING, with a
+counting rule (no target) in place of the NFQUEUE. Each case is one segment (TCP_NODELAY,
+read by the peer before the next), and the counting rule's packet count says whether it
+would have been queued.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from alg.daemon.conntrack import ConntrackAdapter, to_key
+from alg.kernel.ctnetlink import Ctnetlink
+from alg.kernel.cttypes import Tuple
+from alg.kernel.rules import PAYLOAD_BPF, TOOLS
+from alg.kernel.rules_skip import DEFAULT_WATCH_MARK, skip_rule
+from alg.lab import netns
+
+pytestmark = pytest.mark.netns
+
+PORT = 2100
+MARK = DEFAULT_WATCH_MARK
+# (from the client, payload, queued?)
+CASES = [
+    (True, b"USER anonymous\r\n", False),
+    (True, b"user x\r\n", False),
+    (True, b"PASS a@b\r\n", False),
+    (True, b"SYST\r\n", False),
+    (True, b"CWD /pub\r\n", False),
+    (True, b"USER x\n", False),
+    (True, b"PASS PORT\r\n", True),  # an address verb anywhere
+    (True, b"USER a\r\npasv\r\n", True),  # pipelined, in any case
+    (True, b"TYPE I\r\nRETR f\r\n", True),  # a transfer: the default data port needs it
+    (True, b"USER a", True),  # no line end: the rest may follow
+    (True, b"US\n", True),  # too short to hold a verb
+    (True, b"RT 1,2\r\n", True),  # the rest of a split line
+    (True, b"PORT 1,2,3,4,5,6\r\n", True),
+    (True, b"LIST\r\n", True),
+    (True, b"FEAT\r\n", True),  # not a verb of the list
+    (False, b"220 hi\r\n", False),
+    (False, b"331 pw\r\n", False),
+    (False, b"200 PORT ok\r\n", False),  # "PORT" is a client word only
+    (False, b"220-hi\r\n", True),  # a multi-line reply
+    (False, b"227 Entering (1,2,3,4,5,6)\r\n", True),
+    (False, b"230 ok\r\n227 x\r\n", True),
+    (False, b"150 x\r\n", True),
+    (False, b"226 ok\r\n", True),
+    (False, b"200 ok", True),
+    (False, b"530 no\r\n", True),
+]
+
+
+@pytest.fixture
+def ns() -> Iterator[str]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    name = f"tk-skip-{os.getpid()}"
+    netns.delete(name)
+    netns.add(name)
+    try:
+        for family, tool in TOOLS.items():
+            ipt = [tool, "-w", "-t", "mangle"]
+            netns.run_in(name, *ipt, "-N", "T")
+            netns.run_in(name, *ipt, "-A", "POSTROUTING", "-p", "tcp", "-j", "T")
+            for from_client, side in ((True, "--dport"), (False, "--sport")):
+                ports = ("-p", "tcp", side, str(PORT))
+                netns.run_in(name, *ipt, "-A", "T", *skip_rule(family, from_client, ports, MARK))
+            payload = ("-m", "bpf", "--bytecode", PAYLOAD_BPF[family])
+            netns.run_in(name, *ipt, "-A", "T", "-p", "tcp", *payload)
+        yield name
+    finally:
+        netns.delete(name)
+
+
+def _queued(ns: str, family: int) -> int:
+    listed = netns.run_in(ns, TOOLS[family], "-w", "-t", "mangle", "-L", "T", "-v", "-x", "-n")
+    return int(listed.stdout.splitlines()[-1].split()[0])  # the counting rule comes last
+
+
+def _pair(ns: str, family: int) -> tuple[socket.socket, socket.socket]:
+    af, addr = (socket.AF_INET, "127.0.0.1") if family == 4 else (socket.AF_INET6, "::1")
+    with netns.enter(ns):
+        server = socket.create_server((addr, PORT), family=af)
+        client = socket.create_connection((addr, PORT), timeout=5)
+    conn, _ = server.accept()
+    server.close()
+    for s in (client, conn):
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.settimeout(5)
+    return client, conn
+
+
+def _send(
+    ns: str, family: int, sender: socket.socket, receiver: socket.socket, data: bytes
+) -> bool:
+    """Whether the segment `data` went to the counting rule (would have been queued)."""
+    before = _queued(ns, family)
+    sender.sendall(data)
+    got = b""
+    while len(got) < len(data):
+        got += receiver.recv(4096)
+    return _queued(ns, family) > before
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_login_lines_of_an_unwatched_connection_pass_the_rest_is_queued(
+    ns: str, family: int
+) -> None:
+    client, server = _pair(ns, family)
+    with client, server:
+        got = [
+            (data, _send(ns, family, *((client, server) if c else (server, client)), data))
+            for c, data, _ in CASES
+        ]
+    assert got == [(data, queued) for _, data, queued in CASES]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_the_watch_bit_the_daemon_sets_queues_every_line(ns: str, family: int) -> None:
+    """ConntrackAdapter.claim (the daemon's Claim) sets the bit, leaving the admin's bits of
+    the connmark as they were; a later look-up reports the connection watched."""
+    client, server = _pair(ns, family)
+    with client, server:
+        assert not _send(ns, family, client, server, b"USER anonymous\r\n")
+        host, sport = client.getsockname()[:2]
+        peer = client.getpeername()[0]
+        original = Tuple(family, 6, host, peer, sport, PORT)
+        with netns.enter(ns):
+            ct = Ctnetlink()
+        with ct:
+            ct.set_mark(original, 0x5, 0x5)  # an admin's bits
+            adapter = ConntrackAdapter(ct, 1, (1024, 65535), watch_mark=MARK)
+            found = adapter.lookup(to_key(original))
+            assert not getattr(found, "watched", True)
+            assert adapter.claim(to_key(original))
+            entry = ct.get_conntrack(original)
+            assert entry is not None and entry.mark == MARK | 0x5
+            assert getattr(adapter.lookup(to_key(original)), "watched", False)
+            assert adapter.counters["connmark-set"] == 1
+        assert _send(ns, family, client, server, b"PASS secret\r\n")
+        assert _send(ns, family, server, client, b"230 ok\r\n")
