@@ -60,9 +60,7 @@ def test_queue_placement_and_anchor_order() -> None:
         # Login lines of connections the daemon has not met pass first (rules_skip.py) ...
         for rule, from_client in zip(skips, (True, False), strict=True):
             assert rule[rule.index("--mark") + 1] == "0x0/0x1000000"
-            assert rule[rule.index("--bytecode") + 1] == bytecode(
-                skip_program(family, from_client)
-            )
+            assert rule[rule.index("--bytecode") + 1] == bytecode(skip_program(family, from_client))
             assert rule[-2:] == ("-j", "RETURN")
         # ... every other payload segment is queued.
         for rule in queues:
