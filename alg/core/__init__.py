@@ -8,7 +8,6 @@ No I/O, clock, logging, scapy, netfilterqueue or pyroute2 here (a test checks th
 from alg.core.commands import (
     Accept,
     Answer,
-    Claim,
     Command,
     DataExpectation,
     Dir,
@@ -33,7 +32,6 @@ from alg.core.seqadj import SeqAdjRecord
 __all__ = [
     "Accept",
     "Answer",
-    "Claim",
     "Command",
     "Config",
     "CoreError",

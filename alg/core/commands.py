@@ -68,7 +68,9 @@ class Drop(NamedTuple):
 class Lookup(NamedTuple):
     """Find the conntrack entry the flow `key` belongs to; answer `Found` or `NotFound`.
     `from_server`: the packet came from the control port, so `key` turned round runs
-    client to server (which tells the adapter which way to ask first)."""
+    client to server (which tells the adapter which way to ask first). The adapter also
+    sets the entry's watch bit, before the verdicts that follow: from then on the kernel
+    queues every payload segment of the connection (alg/kernel/rules_skip.py)."""
 
     key: FlowKey
     from_server: bool = False
@@ -97,16 +99,7 @@ class WriteSeqAdj(NamedTuple):
     record: SeqAdjRecord
 
 
-class Claim(NamedTuple):
-    """Mark the connection whose original tuple is `original` as watched (the watch bit of
-    its connmark), before the verdict that follows: from then on the kernel queues every
-    payload segment of it, the login lines it let pass unqueued before included
-    (alg/kernel/rules_skip.py)."""
-
-    original: FlowKey
-
-
-Command = Accept | Drop | Lookup | Reserve | Withdraw | WriteSeqAdj | Claim | Report
+Command = Accept | Drop | Lookup | Reserve | Withdraw | WriteSeqAdj | Report
 
 
 # ---- answers (adapter -> core) ---------------------------------------------------------------
@@ -127,9 +120,10 @@ class Found(NamedTuple):
     # Conntrack saw both FINs or a RST: a payload segment there is a late copy or junk that
     # hit the tuple, and starting a session for it would only hold it until conntrack's end.
     closed: bool = False
-    # The connection carries the watch bit: a daemon met it before (this one, an earlier
-    # one, or the active router's), so every payload segment since has been queued. False:
-    # never met, and only whole login lines passed unqueued (the kernel's skip rule).
+    # The connection carried the watch bit before this look-up (which sets it): a daemon
+    # met it before (this one, an earlier one, or the active router's), so every payload
+    # segment since has been queued. False: never met, and only whole login lines passed
+    # unqueued (the kernel's skip rule, alg/kernel/rules_skip.py).
     watched: bool = True
 
 

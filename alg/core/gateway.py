@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from alg.core.commands import (
     Accept,
     Answer,
-    Claim,
     Command,
     FlowKey,
     Found,
@@ -278,8 +277,6 @@ class Gateway:
         # Only payload is queued: a session seen from its start shows the server's greeting
         # first; one never watched, its login lines at most; else it was joined mid-stream.
         fresh = bool(first.flags & SYN) or first.payload.startswith(b"220")
-        if not found.watched:
-            out.append(Claim(orig))
         records = (found.seqadj_original, found.seqadj_reply)
         args = (first.version, now, records, fresh, not found.watched)
         session = Session(self._ctx, (orig, reply), *args)

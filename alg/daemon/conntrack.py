@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import random
 import socket
 from collections import Counter
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from alg.core import DataExpectation, Dir, FlowKey, Found, NotFound, SeqAdjRecord
 from alg.kernel import messages as m
 from alg.kernel.ctnetlink import Ctnetlink
-from alg.kernel.cttypes import CtnetlinkError, ExpectationExists, SeqAdj, Tuple
+from alg.kernel.cttypes import Conntrack, CtnetlinkError, ExpectationExists, SeqAdj, Tuple
 from alg.kernel.rules import ANCHOR_HELPER
 
 log = logging.getLogger("ftp-alg")
@@ -69,7 +70,8 @@ class ConntrackAdapter:
         watch_mark: int = 0,
     ) -> None:
         """`watch_mark`: the connmark bits that say a daemon watches the connection (the
-        rules' skip rule lets login lines of unwatched ones pass unqueued); 0: none."""
+        rules' skip rule lets login lines of unwatched ones pass unqueued): each look-up
+        sets them. 0: none."""
         self.ct = ct
         self.watch_mark = watch_mark
         self.tries = tries
@@ -94,7 +96,7 @@ class ConntrackAdapter:
         if from_server:
             first, second = second, first
         try:
-            entry = self.ct.get_conntrack(first) or self.ct.get_conntrack(second)
+            entry = self._get(first) or self._get(second)
         except CtnetlinkError as exc:
             self.counters["conntrack-lookup-error"] += 1
             log.warning("conntrack look-up of %s failed: %s", seen, exc)
@@ -114,18 +116,21 @@ class ConntrackAdapter:
             watched=not self.watch_mark or bool(entry.mark & self.watch_mark),
         )
 
-    def claim(self, original: FlowKey) -> bool:
-        """Set the watch bits in the connection's connmark: every payload segment of it is
-        queued from now on. Should it fail, the skip rule may let later login lines pass
-        unqueued: holes in the session's streams, which it closes as a lost segment's."""
-        try:
-            self.ct.set_mark(to_tuple(original), self.watch_mark, self.watch_mark)
-        except CtnetlinkError as exc:
+    def _get(self, seen: Tuple) -> Conntrack | None:
+        """The entry of `seen`; with a watch mark, its watch bits set in the same round
+        trip (the entry shows the mark from before: whether a daemon had met it). From then
+        on the rules queue every payload segment of the connection."""
+        if not self.watch_mark:
+            return self.ct.get_conntrack(seen)
+        entry, err = self.ct.get_and_mark(seen, self.watch_mark, self.watch_mark)
+        if entry is None:
+            return None
+        if err:
             self.counters["connmark-error"] += 1
-            log.warning("setting the watch mark of %s failed: %s", to_tuple(original), exc)
-            return False
-        self.counters["connmark-set"] += 1
-        return True
+            log.warning("setting the watch mark of %s failed: %s", seen, os.strerror(err))
+        elif not entry.mark & self.watch_mark:
+            self.counters["connmark-set"] += 1
+        return entry
 
     def write_seqadj(self, original: FlowKey, direction: Dir, record: SeqAdjRecord) -> bool:
         """Store one direction's record before the rewritten segment's verdict."""

@@ -15,7 +15,6 @@ from typing import Any, Protocol
 
 from alg.core import (
     Accept,
-    Claim,
     Command,
     DataExpectation,
     Dir,
@@ -78,7 +77,6 @@ class ConntrackSide(Protocol):
     def reserve(self, exp: DataExpectation, fixed: bool = False) -> int | None: ...
     def write_seqadj(self, original: FlowKey, direction: Dir, record: SeqAdjRecord) -> bool: ...
     def withdraw(self, exp: DataExpectation) -> None: ...
-    def claim(self, original: FlowKey) -> bool: ...
 
 
 class Executor:
@@ -133,8 +131,6 @@ class Executor:
             self.kernel.write_seqadj(cmd.original, cmd.direction, cmd.record)
         elif isinstance(cmd, Withdraw):
             self.kernel.withdraw(cmd.expectation)
-        elif isinstance(cmd, Claim):
-            self.kernel.claim(cmd.original)
         elif isinstance(cmd, Lookup):
             return self.gw.answer(self.kernel.lookup(cmd.key, cmd.from_server), self.clock())
         elif isinstance(cmd, Reserve):

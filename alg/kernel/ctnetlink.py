@@ -130,18 +130,36 @@ class Ctnetlink:
         """The entry whose original or reply tuple is `seen` (a packet in raw PREROUTING).
         One request: the kernel looks the tuple up in its hash, which holds both directions
         of every entry, whichever attribute carries it."""
+        return self._get(seen, None)[0]
+
+    def get_and_mark(self, seen: Tuple, value: int, mask: int) -> tuple[Conntrack | None, int]:
+        """`get_conntrack`, then set the connmark bits `mask` of the entry to `value`'s, in
+        the same round trip (two messages in one datagram, carried out in order). Returns the
+        entry as it was before (its mark unchanged) and the mark update's errno (0: set)."""
+        return self._get(seen, (value, mask))
+
+    def _get(self, seen: Tuple, mark: tuple[int, int] | None) -> tuple[Conntrack | None, int]:
         attrs = _tuple_attr(m.CTA_TUPLE_ORIG, seen)
+        af = _AF[seen.family]
+        then = None
+        if mark is not None:
+            value, mask = mark
+            update = attrs + m.be32(m.CTA_MARK, value & mask) + m.be32(m.CTA_MARK_MASK, mask)
+
+            def then(seq: int) -> bytes:
+                return m.message(m.CT_NEW, NLM_F_REQUEST | NLM_F_ACK, seq, af, update)
+
         try:
-            replies = self._request(
-                m.CT_GET, NLM_F_REQUEST | NLM_F_ACK, _AF[seen.family], attrs, None
+            replies, marking = self._nl.request_then(
+                lambda seq: m.message(m.CT_GET, NLM_F_REQUEST | NLM_F_ACK, seq, af, attrs),
+                bytes,
+                then,
             )
         except OSError as exc:
             if exc.errno == errno.ENOENT:
-                return None
+                return None, errno.ENOENT
             raise _error(exc, f"conntrack lookup {seen}") from None
-        for data in replies:
-            return conntrack_from_message(data)
-        return None
+        return (conntrack_from_message(replies[0]) if replies else None), marking
 
     def lookup(self, seen: Tuple) -> tuple[Tuple, Tuple] | None:
         """(original, reply) of the connection `seen` belongs to, or None if there is none."""

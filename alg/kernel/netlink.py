@@ -104,21 +104,45 @@ class NetlinkSocket:
         error in either raises OSError. Messages left over from an earlier, interrupted
         request have another sequence number and are skipped.
         """
-        self._seq = (self._seq % 0x7FFFFFFF) + 1
-        seq = self._seq
-        self._sock.send(payload(seq))
+        replies, _ = self.request_then(payload, decode, None)
+        return replies
+
+    def request_then(
+        self,
+        payload: Callable[[int], bytes],
+        decode: Callable[[bytes], T],
+        then: Callable[[int], bytes] | None,
+    ) -> tuple[list[T], int]:
+        """`request`, with a second request (`then`, sent with NLM_F_ACK) in the same
+        datagram: the kernel carries them out in order, so one round trip does both. Returns
+        the first's replies and the second's errno (0: done); the first's error raises."""
+        seq = self._next_seq()
+        data = payload(seq)
+        follow = 0
+        if then is not None:
+            follow = self._next_seq()
+            data += then(follow)
+        self._sock.send(data)
         replies: list[T] = []
-        while True:
-            data = self._sock.recv(_RECV_SIZE)
-            for mtype, _flags, mseq, msg in walk(data):
-                if mseq != seq:
-                    continue
-                if mtype in (NLMSG_ERROR, NLMSG_DONE):
-                    err = error_of(msg)
-                    if err:
-                        raise OSError(err, os.strerror(err))
-                    return replies
-                replies.append(decode(bytes(msg)))
+        first_err: int | None = None
+        then_err: int | None = None if then is not None else 0
+        while first_err is None or then_err is None:
+            for mtype, _flags, mseq, msg in walk(self._sock.recv(_RECV_SIZE)):
+                done = mtype in (NLMSG_ERROR, NLMSG_DONE)
+                if mseq == seq and first_err is None:
+                    if done:
+                        first_err = error_of(msg)
+                    else:
+                        replies.append(decode(bytes(msg)))
+                elif mseq == follow and then_err is None and done:
+                    then_err = error_of(msg)
+        if first_err:
+            raise OSError(first_err, os.strerror(first_err))
+        return replies, then_err
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq % 0x7FFFFFFF) + 1
+        return self._seq
 
     def receive_nowait(self) -> Iterator[tuple[int, bytes]]:
         """Yield (type, message) for every queued multicast message, without blocking.

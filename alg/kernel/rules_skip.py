@@ -8,9 +8,9 @@ daemon first meets a connection, segments that are whole boring lines pass strai
 segment passes unqueued only when all of these hold:
 
 - the connection does not carry the watch bit in its connmark. The daemon sets the bit
-  (ctnetlink, CTA_MARK with CTA_MARK_MASK) when it starts a session for the connection, before
-  the verdict of its first segment, so from then on every payload segment is queued as before
-  and the daemon's streams have no holes;
+  (ctnetlink, CTA_MARK with CTA_MARK_MASK) when it first looks the connection up, in the same
+  round trip and before the verdict of its first segment, so from then on every payload
+  segment is queued as before and the daemon's streams have no holes;
 - the segment ends in a line feed (a line split over segments is queued: its rest may follow);
 - it starts with one of the verbs or reply codes below (-m bpf: a continuation of a split line
   starts mid-line, not with one of these, and is queued);

@@ -66,10 +66,6 @@ class FakeKernel:
     def withdraw(self, exp: DataExpectation) -> None:
         self.journal.entries.append(f"withdraw {exp.outside_port}")
 
-    def claim(self, original: FlowKey) -> bool:
-        self.journal.entries.append(f"claim {'ORIG' if original == ORIG else original}")
-        return True
-
 
 def _setup(**kernel: Any) -> tuple[Executor, Journal, Gateway]:
     journal = Journal()
@@ -103,19 +99,19 @@ def test_the_record_and_the_expectation_reach_the_kernel_before_the_verdict() ->
     assert b"PORT 192,168,15,5,4,1\r\n" in sent.payload
 
 
-def test_a_connection_met_after_its_login_is_claimed_before_its_first_verdict() -> None:
-    """The kernel let the login lines pass unqueued (no watch bit): the daemon sets the bit
-    before anything else, so every later segment is queued; a LIST with no PORT before it
-    then uses RFC 959's default data port, which a session joined mid-stream cannot know."""
+def test_a_connection_met_after_its_login_uses_the_default_data_port() -> None:
+    """The kernel let the login lines pass unqueued (no watch bit; the look-up sets it): a
+    LIST with no PORT before it then uses RFC 959's default data port, which a session
+    joined mid-stream cannot know."""
     executor, journal, gw = _setup(watched=False)
     seq = 1000 + len(b"USER a\r\nPASS b\r\n")
     _feed(executor, journal, "LIST", build(C, S, 40000, 21, seq, 5050, ACK | PSH, b"LIST\r\n"))
-    assert journal.entries[:3] == ["lookup", "claim ORIG", "reserve 40000"]
+    assert journal.entries[:2] == ["lookup", "reserve 40000"]
     assert journal.entries[-1] == "LIST accepted"
     assert gw.counters["rewrite"] == 0 and "refusal" not in gw.counters
 
 
-def test_a_watched_connection_met_mid_stream_is_not_claimed_again() -> None:
+def test_a_watched_connection_is_one_met_mid_stream() -> None:
     executor, journal, _ = _setup(watched=True)
     _feed(executor, journal, "LIST", build(C, S, 40000, 21, 1016, 5050, ACK | PSH, b"LIST\r\n"))
     assert journal.entries == ["lookup", "LIST accepted"]

@@ -123,9 +123,10 @@ def test_login_lines_of_an_unwatched_connection_pass_the_rest_is_queued(
 
 
 @pytest.mark.parametrize("family", [4, 6])
-def test_the_watch_bit_the_daemon_sets_queues_every_line(ns: str, family: int) -> None:
-    """ConntrackAdapter.claim (the daemon's Claim) sets the bit, leaving the admin's bits of
-    the connmark as they were; a later look-up reports the connection watched."""
+def test_the_watch_bit_the_daemons_look_up_sets_queues_every_line(ns: str, family: int) -> None:
+    """The daemon's look-up (ConntrackAdapter.lookup) sets the bit in the same round trip,
+    leaving the admin's bits of the connmark as they were; it reports the connection
+    unwatched, a later one watched."""
     client, server = _pair(ns, family)
     with client, server:
         assert not _send(ns, family, client, server, b"USER anonymous\r\n")
@@ -139,7 +140,6 @@ def test_the_watch_bit_the_daemon_sets_queues_every_line(ns: str, family: int) -
             adapter = ConntrackAdapter(ct, 1, (1024, 65535), watch_mark=MARK)
             found = adapter.lookup(to_key(original))
             assert not getattr(found, "watched", True)
-            assert adapter.claim(to_key(original))
             entry = ct.get_conntrack(original)
             assert entry is not None and entry.mark == MARK | 0x5
             assert getattr(adapter.lookup(to_key(original)), "watched", False)

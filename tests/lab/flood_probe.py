@@ -78,6 +78,10 @@ def seq3(host: str, port: int, count: int, loaded: bool) -> dict[str, object]:
     for _ in range(count):
         ctl = socket.create_connection((host, port), timeout=5)
         banners += _banner(ctl).startswith(b"220")
+        # Not a login line: the kernel queues it, so the daemon watches the connection
+        # (alg/kernel/rules_skip.py) and holds a session for it when the attack comes.
+        ctl.sendall(b"PWD\r\n")
+        _banner(ctl)  # its reply (530 before a login, or 257)
         src, sport = ctl.getsockname()[:2]
         snd, rcv = _numbers(ctl)
         if loaded:
