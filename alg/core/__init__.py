@@ -24,7 +24,8 @@ from alg.core.commands import (
 )
 from alg.core.config import Config
 from alg.core.errors import CoreError, NotControlTraffic, PacketError
-from alg.core.gateway import Gateway, inside_view, reverse
+from alg.core.flows import inside_view, reverse
+from alg.core.gateway import Gateway
 from alg.core.grammar import Kind
 from alg.core.reports import EventKind, Level, Reason, Report
 from alg.core.seqadj import SeqAdjRecord

@@ -17,7 +17,6 @@ needs); its packets wait for the answer.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 
 from alg.core.commands import (
     Accept,
@@ -34,22 +33,13 @@ from alg.core.config import Config
 from alg.core.context import Context
 from alg.core.dialogue import Work
 from alg.core.errors import NotControlTraffic, PacketError
+from alg.core.flows import session_keys, stranger
 from alg.core.packet import ACK, SYN, Segment, parse
 from alg.core.reports import EventKind, Reason, Report
 from alg.core.session import Session
 from alg.core.stream import Stream
 
 _SWEEP_EVERY = 1.0  # seconds between idle/expiry sweeps over all sessions
-
-
-def reverse(key: FlowKey) -> FlowKey:
-    return (key[2], key[3], key[0], key[1])
-
-
-def inside_view(orig: FlowKey, reply: FlowKey) -> FlowKey:
-    """The client's packets after DNAT and before SNAT (mangle POSTROUTING, where both
-    directions are queued): source as sent, destination as the server really is."""
-    return (orig[0], orig[1], reply[0], reply[1])
 
 
 class Gateway:
@@ -136,7 +126,7 @@ class Gateway:
         if found is not None and seg.flags & (SYN | ACK) == SYN and found[0].closing_at:
             out += self._remove(found[0], "its ports were reused by a new connection", now)
             found = None
-        if found is None:
+        if found is None or stranger(found[0], found[1], seg):
             return self._new_flow(seg, key, handle, out)
         session, stream = found
         self._feed(session, stream, seg, handle, now, out)
@@ -243,8 +233,11 @@ class Gateway:
         orig, reply = found.original, found.reply
         known = self._find(orig) or self._find(reply)
         if known is not None:
-            self._index(known[0])
-            return known[0]
+            old = known[0]
+            if not (found.conn_id and old.conn_id and found.conn_id != old.conn_id):
+                self._index(old)
+                return old
+            out += self._remove(old, "its tuple now belongs to a newer connection", now)
         if found.closed:
             self._ctx.count("closed-connection")
             message = "conntrack has the connection closed: a late or stray segment, passed"
@@ -296,21 +289,8 @@ class Gateway:
             )
         return session
 
-    def _keys(self, session: Session) -> Iterator[tuple[FlowKey, Stream]]:
-        """Every key a session is found by: conntrack's original tuple (destroy events name
-        it) and both directions as mangle POSTROUTING queues them, after DNAT and before
-        SNAT. Behind masquerade the client's view is the original tuple itself, through a
-        port forward the server's is the reply tuple: equal keys are stored once."""
-        orig, reply = session.tuples
-        inside = inside_view(orig, reply)
-        back = reverse(inside)
-        yield orig, session.orig
-        if inside != orig:
-            yield inside, session.orig
-        yield (reply if back == reply else back), session.reply
-
     def _index(self, session: Session) -> None:
-        for key, stream in self._keys(session):
+        for key, stream in session_keys(session):
             table = self._to_server if stream is session.orig else self._to_client
             table.setdefault(key, session)
 
@@ -390,7 +370,7 @@ class Gateway:
     def _remove(self, session: Session, reason: str, now: float) -> list[Command]:
         self._sessions.pop(session.id, None)
         self._timed.pop(session.id, None)
-        for key, stream in self._keys(session):
+        for key, stream in session_keys(session):
             table = self._to_server if stream is session.orig else self._to_client
             if table.get(key) is session:
                 del table[key]

@@ -32,6 +32,7 @@ from alg.kernel.ctnetlink import Ctnetlink
 from alg.kernel.cttypes import Conntrack, CtnetlinkError
 
 log = logging.getLogger("ftp-alg")
+SERVICE_EVERY = 64  # queued packets between services of the events and deadlines (`_service`)
 
 
 class Daemon:
@@ -56,6 +57,8 @@ class Daemon:
         self.metrics = Metrics(settings.metrics_listen or None)
         self._metrics_due = 0.0
         self.recheck = Recheck()
+        self._events: DestroyListener | None = None  # while run() reads them
+        self._unserviced = 0  # packets since the last `_service`
         self.started = time.time()
         self.stop = False
 
@@ -66,6 +69,21 @@ class Daemon:
             self._packet(pkt)
         finally:
             self.metrics.observe_packet(time.perf_counter() - start)
+        self._unserviced += 1
+        if self._unserviced >= SERVICE_EVERY and self._events is not None:
+            self._service(self._events)
+
+    def _service(self, events: DestroyListener) -> None:
+        """Destroy events, hold deadlines and the re-check, also while the queue never runs
+        dry: netfilterqueue's run() returns only then, and a port reused at once must find
+        its old session forgotten, a held segment its deadline kept."""
+        self._unserviced = 0
+        self._read_events(events)
+        if self.recheck.pending:
+            self._recheck_some()
+        now = time.monotonic()
+        if now >= self.gw.next_tick():
+            self.executor.run(self.gw.tick(now))
 
     def _packet(self, pkt: Any) -> None:
         self.counters["packets"] += 1
@@ -126,6 +144,7 @@ class Daemon:
             set_fail_open(nfq.get_fd(), num, enabled=not self.settings.fail_closed)
             queues.append(nfq)
         events = DestroyListener(ports=self.settings.core.control_ports)
+        self._events = events
         status = StatusServer(self.settings.status_socket)
         log.info(
             "ftp-alg running: queue %d, control ports %s, fail-%s",
@@ -173,6 +192,7 @@ class Daemon:
             self.conntrack.withdraw_all()
             for nfq in queues:
                 nfq.unbind()
+            self._events = None
             events.close()
             status.close()
             self.metrics.close()
@@ -187,19 +207,10 @@ class Daemon:
         self, ready: list[int], busy: list[Any], events: DestroyListener, status: StatusServer
     ) -> None:
         # Destroy events first: a connection that replaced one on the same tuple sends its
-        # first payload only after its handshake, so the old session is gone by then.
+        # first payload only after its handshake, so the old session is usually gone by then
+        # (when not, the core looks the connection up: alg/core/flows.py, `stranger`).
         if events.fileno() in ready:
-            lost, skipped = events.lost, events.skipped
-            entries = events.read_events()
-            # The kernel dropped events (the socket's buffer overflowed): every session's
-            # connection is looked up again (alg/daemon/recheck.py). Skipped: not of a
-            # control port.
-            self.counters["destroy-events-lost"] += events.lost - lost
-            self.counters["destroy-events-skipped"] += events.skipped - skipped
-            for entry in entries:
-                self._destroyed(entry)
-            if events.lost != lost:  # some sessions' ends were among the lost events
-                self.recheck.start(self.gw.connections())
+            self._read_events(events)
         if self.recheck.pending:
             self._recheck_some()
         for nfq in busy:
@@ -209,6 +220,19 @@ class Daemon:
         now = time.monotonic()
         if now >= self.gw.next_tick():
             self.executor.run(self.gw.tick(now))
+
+    def _read_events(self, events: DestroyListener) -> None:
+        lost, skipped = events.lost, events.skipped
+        entries = events.read_events()
+        # The kernel dropped events (the socket's buffer overflowed): every session's
+        # connection is looked up again (alg/daemon/recheck.py). Skipped: not of a control
+        # port.
+        self.counters["destroy-events-lost"] += events.lost - lost
+        self.counters["destroy-events-skipped"] += events.skipped - skipped
+        for entry in entries:
+            self._destroyed(entry)
+        if events.lost != lost:  # some sessions' ends were among the lost events
+            self.recheck.start(self.gw.connections())
 
     def _recheck_some(self) -> None:
         """One batch of the re-check after lost destroy events: forget the sessions whose

@@ -163,3 +163,45 @@ def test_a_segment_on_a_connection_conntrack_has_closed_starts_no_session() -> N
     pb.server(b"221 Goodbye.\r\n") << (Lookup(key, from_server=True),)
     pb.answer(pb.found(key, closed=True)) << (EventKind.UNTRACKED, Accept)
     assert pb.gw.session_count == 0 and pb.gw.counters["closed-connection"] == 1
+
+
+def test_a_port_reused_at_once_gets_a_session_of_its_own() -> None:
+    """The client reuses its port for a new connection while the old session lingers after
+    its 221, and before conntrack's destroy event of the old connection is read (a daemon
+    busy with a burst). Its PASV, the first line the kernel queues of it (the login passed
+    the skip rule), is looked up, not fed to the old session: conntrack's new id ends the
+    old session and starts a new one, which pairs the 227 with the PASV."""
+    pb = started(conn_id=7)
+    pb.client(b"QUIT\r\n") << (Accept(2),)
+    pb.server(b"221 Goodbye.\r\n") << (Accept(3),)
+    pb.cseq, pb.sseq = 900_000, 3_000_000  # the new connection's own numbers
+    pb.client(b"PASV\r\n") << (Lookup(pb.original),)
+    pb.answer(pb.found(pb.original, conn_id=8, watched=False))
+    pb << (EventKind.SESSION_END, EventKind.SESSION_NEW, Accept(4))
+    pb.server(b"227 Entering Passive Mode (198,51,100,2,4,1).\r\n")
+    assert pb.gw.session_count == 1 and "refusal" not in pb.gw.counters
+
+
+def test_a_late_segment_of_a_closing_session_stays_in_it() -> None:
+    """The same look-up for a retransmitted 221: conntrack's id is the session's own."""
+    pb = started(conn_id=7)
+    pb.client(b"QUIT\r\n") << (Accept(2),)
+    pb.server(b"221 Goodbye.\r\n") << (Accept(3),)
+    pb.sseq -= len(b"221 Goodbye.\r\n")
+    pb.server(b"221 Goodbye.\r\n") << (Lookup,)
+    pb.answer(pb.found((S, 21, C, CPORT), conn_id=7)) << (Accept(4),)
+    assert pb.gw.counters["session-new"] == 1
+
+
+def test_a_segment_far_from_its_stream_is_looked_up() -> None:
+    """A session that never saw its connection end (no 221): a segment 1 MB away from
+    where its stream stands is taken for a newer connection's, and conntrack decides."""
+    pb = started(conn_id=7)
+    pb.client(b"USER a\r\n") << (Accept(2),)
+    pb.cseq += 2_000_000
+    pb.client(b"PWD\r\n") << (Lookup(pb.original),)
+    pb.answer(pb.found(pb.original, conn_id=9)) << (
+        EventKind.SESSION_END,
+        EventKind.SESSION_NEW,
+        Accept(3),
+    )

@@ -1,0 +1,52 @@
+"""Flow keys: how a queued packet finds its session, and when it may not be that session's.
+
+A key is (src, sport, dst, dport) as the packet shows at the queue (mangle POSTROUTING, after
+DNAT and before SNAT), addresses packed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from alg.core.commands import FlowKey
+from alg.core.packet import Segment
+from alg.core.seqadj import seq_diff
+from alg.core.session import Session
+from alg.core.stream import Stream
+
+# Bytes from a stream's next one: a control stream never has that much in flight or unseen.
+_STRANGER = 1 << 20
+
+
+def stranger(session: Session, stream: Stream, seg: Segment) -> bool:
+    """Whether a segment found by its tuple may belong to a newer connection: its session is
+    closing (the server sent 221 or 421), or it lies far from where its stream stands. A
+    client that reuses its port at once gets there before conntrack's destroy event of the
+    old connection is read; a look-up then compares conntrack's ids (`_session_for`)."""
+    expected = stream.next_seq
+    far = expected is not None and abs(seq_diff(seg.seq, expected)) > _STRANGER
+    return far or session.closing_at is not None
+
+
+def reverse(key: FlowKey) -> FlowKey:
+    return (key[2], key[3], key[0], key[1])
+
+
+def inside_view(orig: FlowKey, reply: FlowKey) -> FlowKey:
+    """The client's packets after DNAT and before SNAT (mangle POSTROUTING, where both
+    directions are queued): source as sent, destination as the server really is."""
+    return (orig[0], orig[1], reply[0], reply[1])
+
+
+def session_keys(session: Session) -> Iterator[tuple[FlowKey, Stream]]:
+    """Every key a session is found by: conntrack's original tuple (destroy events name it)
+    and both directions as mangle POSTROUTING queues them, after DNAT and before SNAT. Behind
+    masquerade the client's view is the original tuple itself, through a port forward the
+    server's is the reply tuple: equal keys are stored once."""
+    orig, reply = session.tuples
+    inside = inside_view(orig, reply)
+    back = reverse(inside)
+    yield orig, session.orig
+    if inside != orig:
+        yield inside, session.orig
+    yield (reply if back == reply else back), session.reply
