@@ -163,3 +163,19 @@ def test_a_segment_on_a_connection_conntrack_has_closed_starts_no_session() -> N
     pb.server(b"221 Goodbye.\r\n") << (Lookup(key, from_server=True),)
     pb.answer(pb.found(key, closed=True)) << (EventKind.UNTRACKED, Accept)
     assert pb.gw.session_count == 0 and pb.gw.counters["closed-connection"] == 1
+
+
+def test_a_greeting_whose_end_passed_unseen_is_over_at_the_next_reply() -> None:
+    """A multi-line greeting's first segment starts the session; its last line passed the
+    skip rule before the look-up marked the connection (alg/kernel/rules_skip.py): the hole
+    is passed once the client acknowledges it, the greeting counts as ended there, and the
+    next reply answers the client's USER, so that the 234 answers AUTH."""
+    pb = Playbook(Gateway())
+    pb.server(b"220-welcome\r\n")
+    pb.answer(pb.found((S, 21, C, CPORT), watched=False))
+    pb << (EventKind.SESSION_NEW, Accept(1))
+    pb.sseq += len(b"220 ready\r\n")  # it passed unqueued
+    pb.client(b"USER a\r\n") << (Accept(2),)  # its ack covers what the gateway never saw
+    pb.server(b"331 pw\r\n") << (EventKind.GAP, Accept(3))
+    pb.client(b"AUTH TLS\r\n") << (Accept(4),)
+    pb.server(b"234 go\r\n") << (EventKind.BLIND, Accept(5))
