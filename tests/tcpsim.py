@@ -3,7 +3,9 @@
 Packets are built with struct (not scapy) so property tests can make thousands of them. The
 `Link` plays what runs on a router:
 - the queue: only segments that carry payload reach the gateway (the rules' BPF match);
-  pure ACKs, SYNs and FINs without data go straight to the kernel;
+  pure ACKs, SYNs and FINs without data go straight to the kernel. With `skip_login`, the
+  skip rule too (alg/kernel/rules_skip.py, modelled here on its own): until the daemon's
+  look-up marks the connection, whole login lines pass it unqueued;
 - the daemon: it carries out the gateway's commands in order, answers `Lookup` from the
   kernel's records and `Reserve` with a port, and counts verdicts per queued packet (every
   packet must get exactly one);
@@ -34,6 +36,7 @@ from alg.core import (
     WriteSeqAdj,
 )
 from alg.core.packet import ACK, PSH, SYN, build, ipv4_checksum_ok, parse, rebuild, tcp_checksum_ok
+from alg.kernel.rules_skip import CLIENT_PREFIXES, CLIENT_WORDS, SERVER_PREFIXES, SERVER_WORDS
 
 __all__ = ["Link", "Peer", "VerdictError", "build", "ip", "sack_option"]
 
@@ -141,6 +144,18 @@ class Peer:
         self.seen_as = self.seen_as or self.addr
 
 
+def skippable(payload: bytes, from_client: bool) -> bool:
+    """The skip rule's test of one segment: whole lines, a login verb or plain reply first,
+    no word the gateway acts on anywhere (in any case)."""
+    if len(payload) < 4 or not payload.endswith(b"\n"):
+        return False
+    words: tuple[str, ...] = CLIENT_WORDS if from_client else SERVER_WORDS
+    prefixes: tuple[bytes, ...] = CLIENT_PREFIXES if from_client else SERVER_PREFIXES
+    first = payload[:4].lower() if from_client else payload[:4]
+    upper = payload.upper()
+    return first in prefixes and not any(w.encode() in upper for w in words)
+
+
 class VerdictError(AssertionError):
     """A queued packet got a second verdict, or one it never asked for."""
 
@@ -155,6 +170,9 @@ class Link:
     now: float = 0.0
     taken_ports: set[int] = field(default_factory=set)  # the kernel refuses these (EEXIST)
     queue_all: bool = False  # queue segments without payload too (the replay does)
+    skip_login: bool = False  # the skip rule stands before the queue rule
+    marked: bool = False  # the connection carries the watch bit (set by the look-up)
+    skipped: int = 0  # segments the skip rule let pass
     to_server: list[bytes] = field(default_factory=list)  # what left the router, in order
     to_client: list[bytes] = field(default_factory=list)
     queued: dict[int, tuple[bytes, bool]] = field(default_factory=dict)  # awaiting a verdict
@@ -214,8 +232,13 @@ class Link:
         return self.feed(pkt, from_client)
 
     def feed(self, pkt: bytes, from_client: bool) -> list[Command]:
-        if not parse(pkt).payload_len and not self.queue_all:
+        seg = parse(pkt)
+        if not seg.payload_len and not self.queue_all:
             self.deliver(pkt, from_client)  # not queued: the kernel alone shifts it
+            return []
+        if self.skip_login and not self.marked and skippable(seg.payload, from_client):
+            self.skipped += 1
+            self.deliver(pkt, from_client)
             return []
         self._handle += 1
         handle = self._handle
@@ -233,12 +256,11 @@ class Link:
                 self._verdict(cmd)
             elif isinstance(cmd, Lookup):
                 ko, kr = self.kernel
-                todo.extend(
-                    self.gw.answer(
-                        Found(cmd.key, self.original, self.reply, _record(ko), _record(kr)),
-                        self.now,
-                    )
-                )
+                records = (_record(ko), _record(kr))
+                watched = self.marked or not self.skip_login
+                self.marked = self.marked or self.skip_login  # the look-up sets the bit
+                found = Found(cmd.key, self.original, self.reply, *records, watched=watched)
+                todo.extend(self.gw.answer(found, self.now))
             elif isinstance(cmd, Reserve):
                 self.events.append(cmd)
                 port = self._reserve(cmd)

@@ -180,8 +180,10 @@ class Protocol:
 
     def replies_lost(self) -> None:
         """Bytes of the reply stream were never seen: a multi-line reply in progress may
-        have ended among them, so the next line is read as a reply of its own."""
+        have ended among them, so the next line is read as a reply of its own; and so may
+        the greeting (the server sends nothing else before it ends)."""
         self._multiline = None
+        self.signal(Signal.GREETED)
 
     def commands_lost(self) -> None:
         """Bytes of the command stream were never seen (a gap): a PORT or PASV may have been

@@ -205,3 +205,19 @@ def test_a_segment_far_from_its_stream_is_looked_up() -> None:
         EventKind.SESSION_NEW,
         Accept(3),
     )
+
+
+def test_a_greeting_whose_end_passed_unseen_is_over_at_the_next_reply() -> None:
+    """A multi-line greeting's first segment starts the session; its last line passed the
+    skip rule before the look-up marked the connection (alg/kernel/rules_skip.py): the hole
+    is passed once the client acknowledges it, the greeting counts as ended there, and the
+    next reply answers the client's USER, so that the 234 answers AUTH."""
+    pb = Playbook(Gateway())
+    pb.server(b"220-welcome\r\n")
+    pb.answer(pb.found((S, 21, C, CPORT), watched=False))
+    pb << (EventKind.SESSION_NEW, Accept(1))
+    pb.sseq += len(b"220 ready\r\n")  # it passed unqueued
+    pb.client(b"USER a\r\n") << (Accept(2),)  # its ack covers what the gateway never saw
+    pb.server(b"331 pw\r\n") << (EventKind.GAP, Accept(3))
+    pb.client(b"AUTH TLS\r\n") << (Accept(4),)
+    pb.server(b"234 go\r\n") << (EventKind.BLIND, Accept(5))

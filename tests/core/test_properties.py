@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from alg.core import Config, Gateway
 from alg.core.packet import ACK, FIN, PSH, RST, SYN, parse
 from alg.core.seqadj import MASK, seq_diff
-from tests.core.test_gateway import client_nat
+from tests.core.test_gateway import C_OUT, C, S, client_nat
 from tests.tcpsim import Link, Peer, build, ip, sack_option
 
 REPLIES = {
@@ -171,3 +171,76 @@ def test_every_queued_packet_gets_exactly_one_verdict(
     link.close()
     assert not link.queued, f"{len(link.queued)} packets never got a verdict"
     assert len(link.verdicts) == link._handle
+
+
+LOGIN = [
+    (b"USER anonymous\r\n", b"331 Please specify the password.\r\n"),
+    (b"PASS guest@\r\n", b"230 Login successful.\r\n"),
+    (b"SYST\r\n", b"215 UNIX Type: L8\r\n"),
+    (b"TYPE I\r\n", b"200 Switching to Binary mode.\r\n"),
+    (b"CWD /pub\r\n", b"250 Directory successfully changed.\r\n"),
+]
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.lists(st.sampled_from(LOGIN), max_size=5), batches(), st.data())
+def test_login_lines_the_kernel_keeps_leave_every_stream_exact(
+    login: list[tuple[bytes, bytes]], plan: list[list[bytes]], data: st.DataObject
+) -> None:
+    """With the skip rule before the queue (tcpsim's model of it): the greeting and login
+    lines pass unqueued, split or pipelined as they come, until the first segment the rule
+    does not keep; the gateway's look-up marks the connection, and from then on the streams
+    are exact as without the rule, and a LIST with no PORT before it (RFC 959's default
+    port) is expected, as in a session seen from its start."""
+    link = Link(
+        Gateway(Config()), Peer(C, 40000, 1000, seen_as=C_OUT), Peer(S, 21, 5000), skip_login=True
+    )
+    link.handshake()
+    client_text, server_text = b"", b"220 ready\r\n"
+    link.send(False, payload=server_text)
+    for command, reply in login:
+        for text, from_client in ((command, True), (reply, False)):
+            peer = link.client if from_client else link.server
+            for seq, payload in _segments(data, peer.seq, text):
+                link.send(from_client, payload=payload, seq=seq, advance=False)
+            peer.seq = (peer.seq + len(text)) & MASK
+        client_text, server_text = client_text + command, server_text + reply
+    assert link.gw.session_count == 0 or link.marked  # split login lines may start it early
+    for batch in plan:
+        text = b"".join(batch)
+        for seq, payload in _segments(data, link.client.seq, text):
+            link.send(True, payload=payload, seq=seq, advance=False)
+        link.client.seq = (link.client.seq + len(text)) & MASK
+        client_text += text
+        for command in batch:
+            reply = REPLIES[command]
+            for seq, payload in _segments(data, link.server.seq, reply):
+                link.send(False, payload=payload, seq=seq, advance=False)
+            link.server.seq = (link.server.seq + len(reply)) & MASK
+            server_text += reply
+    link.tick(1.0)
+    link.send(False, flags=ACK)
+    assert bytes(link.at_server.stream) == rewritten(client_text)
+    assert bytes(link.at_client.stream) == server_text
+    assert parse(link.to_client[-1]).ack == link.client.seq
+    assert link.marked and link.skipped >= 1  # the greeting at least
+    link.close()
+    assert not link.queued and len(link.verdicts) == link._handle
+
+
+def test_a_transfer_after_skipped_login_lines_uses_the_default_data_port() -> None:
+    link = Link(
+        Gateway(Config()), Peer(C, 40000, 1000, seen_as=C_OUT), Peer(S, 21, 5000), skip_login=True
+    )
+    link.handshake()
+    for text, from_client in (
+        (b"220 hi\r\n", False),
+        (b"USER a\r\n", True),
+        (b"230 ok\r\n", False),
+    ):
+        link.send(from_client, payload=text)
+    assert link.skipped == 3 and link.gw.session_count == 0
+    link.send(True, payload=b"RETR f\r\n")
+    assert link.marked and link.gw.session_count == 1
+    (exp,) = link.expectations
+    assert (exp.inside_port, exp.outside_port) == (40000, 40000)  # the client's control port
