@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from alg.core.commands import FlowKey
-from alg.core.packet import Segment
+from alg.core.packet import ACK, Segment
 from alg.core.seqadj import seq_diff
 from alg.core.session import Session
 from alg.core.stream import Stream
@@ -20,12 +20,19 @@ _STRANGER = 1 << 20
 
 def stranger(session: Session, stream: Stream, seg: Segment) -> bool:
     """Whether a segment found by its tuple may belong to a newer connection: its session is
-    closing (the server sent 221 or 421), or it lies far from where its stream stands. A
-    client that reuses its port at once gets there before conntrack's destroy event of the
-    old connection is read; a look-up then compares conntrack's ids (`_session_for`)."""
-    expected = stream.next_seq
-    far = expected is not None and abs(seq_diff(seg.seq, expected)) > _STRANGER
-    return far or session.closing_at is not None
+    closing (the server sent 221 or 421), or its sequence or acknowledgement number lies far
+    from where the session's streams stand. A client that reuses its port at once gets there
+    before conntrack's destroy event of the old connection is read; a look-up then compares
+    conntrack's ids (`Gateway._session_for`)."""
+    if session.closing_at is not None:
+        return True
+    if _far(seg.seq, stream.next_seq):
+        return True
+    return bool(seg.flags & ACK) and _far(seg.ack, session.peer(stream).next_seq)
+
+
+def _far(number: int, expected: int | None) -> bool:
+    return expected is not None and abs(seq_diff(number, expected)) > _STRANGER
 
 
 def reverse(key: FlowKey) -> FlowKey:

@@ -221,3 +221,12 @@ def test_a_greeting_whose_end_passed_unseen_is_over_at_the_next_reply() -> None:
     pb.server(b"331 pw\r\n") << (EventKind.GAP, Accept(3))
     pb.client(b"AUTH TLS\r\n") << (Accept(4),)
     pb.server(b"234 go\r\n") << (EventKind.BLIND, Accept(5))
+
+
+def test_a_segment_acknowledging_far_from_its_peer_stream_is_looked_up() -> None:
+    """The client's stream has not started (its first line here), but its acknowledgement
+    number lies 1 MB from the server's stream: a newer connection's segment."""
+    pb = started(conn_id=7)
+    pb.sseq += 2_000_000
+    pb.client(b"PORT 192,168,0,1,4,1\r\n") << (Lookup(pb.original),)
+    pb.sseq -= 2_000_000
