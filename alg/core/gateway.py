@@ -50,7 +50,8 @@ class Gateway:
         events and the adapter's own counts are one table (what `ftp-alg status` shows)."""
         self.config = config or Config()
         self._ctx = Context(self.config, counters)
-        # Flow keys to sessions, one table per direction (sessions alone: memory per session).
+        # Flow keys to sessions, one table per direction (a value is the session alone, not
+        # a (session, stream) pair: memory per idle session).
         self._to_server: dict[FlowKey, Session] = {}
         self._to_client: dict[FlowKey, Session] = {}
         self._sessions: dict[int, Session] = {}
@@ -268,11 +269,14 @@ class Gateway:
             )
             return None
         # Only payload is queued: a session seen from its start shows the server's greeting
-        # first; one never watched, its login lines at most; else it was joined mid-stream.
+        # first. A connection never watched before had at most its login lines pass
+        # unqueued (the kernel's skip rule); a watched one was joined mid-stream (a restart,
+        # a failover).
         fresh = bool(first.flags & SYN) or first.payload.startswith(b"220")
         records = (found.seqadj_original, found.seqadj_reply)
-        args = (first.version, now, records, fresh, not found.watched)
-        session = Session(self._ctx, (orig, reply), *args)
+        session = Session(
+            self._ctx, (orig, reply), first.version, now, records, fresh, not found.watched
+        )
         session.conn_id = found.conn_id
         self._sessions[session.id] = session
         self._index(session)

@@ -183,16 +183,6 @@ class Ctnetlink:
         except OSError as exc:
             raise _error(exc, f"seqadj update of {original}") from None
 
-    def set_mark(self, original: Tuple, mark: int, mask: int) -> None:
-        """Set the bits `mask` of the connmark of the entry whose original tuple is
-        `original` to those of `mark`, leaving the others as they are (CTA_MARK_MASK)."""
-        attrs = _tuple_attr(m.CTA_TUPLE_ORIG, original)
-        attrs += m.be32(m.CTA_MARK, mark & mask) + m.be32(m.CTA_MARK_MASK, mask)
-        try:
-            self._request(m.CT_NEW, NLM_F_REQUEST | NLM_F_ACK, _AF[original.family], attrs, None)
-        except OSError as exc:
-            raise _error(exc, f"connmark update of {original}") from None
-
     # --- expectations ----------------------------------------------------------------------
 
     def create_expectation(

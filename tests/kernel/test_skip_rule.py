@@ -136,7 +136,7 @@ def test_the_watch_bit_the_daemons_look_up_sets_queues_every_line(ns: str, famil
         with netns.enter(ns):
             ct = Ctnetlink()
         with ct:
-            ct.set_mark(original, 0x5, 0x5)  # an admin's bits
+            ct.get_and_mark(original, 0x5, 0x5)  # an admin's bits
             adapter = ConntrackAdapter(ct, 1, (1024, 65535), watch_mark=MARK)
             found = adapter.lookup(to_key(original))
             assert not getattr(found, "watched", True)
