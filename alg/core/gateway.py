@@ -33,7 +33,7 @@ from alg.core.config import Config
 from alg.core.context import Context
 from alg.core.dialogue import Work
 from alg.core.errors import NotControlTraffic, PacketError
-from alg.core.flows import session_keys, stranger
+from alg.core.flows import distant, session_keys, stranger
 from alg.core.packet import ACK, SYN, Segment, parse
 from alg.core.reports import EventKind, Reason, Report
 from alg.core.session import Session
@@ -87,6 +87,11 @@ class Gateway:
     def session_id(self, key: FlowKey) -> int | None:
         found = self._find(key)
         return None if found is None else found[0].id
+
+    def conn_id_of(self, key: FlowKey) -> int | None:
+        """The conntrack id of the connection the session of `key` was found for."""
+        found = self._find(key)
+        return None if found is None else found[0].conn_id
 
     def is_closing(self, key: FlowKey) -> bool:
         found = self._find(key)
@@ -235,7 +240,7 @@ class Gateway:
         known = self._find(orig) or self._find(reply)
         if known is not None:
             old = known[0]
-            if not (found.conn_id and old.conn_id and found.conn_id != old.conn_id):
+            if not self._newer(found, old, first):
                 self._index(old)
                 return old
             out += self._remove(old, "its tuple now belongs to a newer connection", now)
@@ -292,6 +297,14 @@ class Gateway:
                 ),
             )
         return session
+
+    def _newer(self, found: Found, old: Session, first: Segment) -> bool:
+        """Whether `found`, looked up for `first`, is a newer connection than `old`'s on the
+        same tuple: conntrack's ids differ, or `first` lies far from `old`'s streams."""
+        if found.conn_id and old.conn_id and found.conn_id != old.conn_id:
+            return True
+        mine = self._find((first.src, first.sport, first.dst, first.dport))
+        return mine is not None and mine[0] is old and distant(old, mine[1], first)
 
     def _index(self, session: Session) -> None:
         for key, stream in session_keys(session):

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from alg.core import Gateway
+from alg.core import Found, Gateway
 from alg.daemon.conntrack import ConntrackAdapter, to_key
 from alg.daemon.executor import Executor
 from alg.daemon.ftps import FtpsRanges
@@ -258,11 +258,20 @@ class Daemon:
 
     def _destroyed(self, entry: Conntrack) -> None:
         """Conntrack destroyed a connection: forget its session, unless the tuple already
-        belongs to a newer connection (the core compares conntrack ids). A client reusing its
+        belongs to a newer connection. The core compares conntrack ids: a client reusing its
         port within TIME_WAIT (120 s) makes the kernel kill the old entry when the new SYN
-        arrives; the event must not end the new session."""
+        arrives, and the event must not end the new session. But the new entry can take the
+        freed one's id (the id hashes the entry's address), so when the ids agree and the
+        session has not seen its connection close, one look-up asks conntrack whether the
+        tuple's connection still lives."""
         now = time.monotonic()
-        self.executor.run(self.gw.forget(to_key(entry.original), now=now, conn_id=entry.id))
+        key = to_key(entry.original)
+        if self.gw.conn_id_of(key) == entry.id and not self.gw.is_closing(key):
+            found = self.conntrack.lookup(key)
+            if isinstance(found, Found) and not found.closed:
+                self.counters["destroy-event-live-connection"] += 1
+                return
+        self.executor.run(self.gw.forget(key, now=now, conn_id=entry.id))
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stop = True

@@ -230,3 +230,16 @@ def test_a_segment_acknowledging_far_from_its_peer_stream_is_looked_up() -> None
     pb.sseq += 2_000_000
     pb.client(b"PORT 192,168,0,1,4,1\r\n") << (Lookup(pb.original),)
     pb.sseq -= 2_000_000
+
+
+def test_a_reused_port_is_a_new_connection_even_under_the_old_id() -> None:
+    """conntrack's id hashes the entry's address: the entry created for a reused port can
+    get the freed one's id. A first segment far from the old streams still starts a session
+    of its own."""
+    pb = started(conn_id=7)
+    pb.client(b"QUIT\r\n") << (Accept(2),)
+    pb.server(b"221 Goodbye.\r\n") << (Accept(3),)
+    pb.cseq, pb.sseq = 900_000, 3_000_000
+    pb.client(b"PORT 192,168,0,1,4,1\r\n") << (Lookup(pb.original),)
+    pb.answer(pb.found(pb.original, conn_id=7, watched=False))
+    pb << (EventKind.SESSION_END, EventKind.SESSION_NEW, Reserve)
