@@ -4,8 +4,8 @@ Packets are built with struct (not scapy) so property tests can make thousands o
 `Link` plays what runs on a router:
 - the queue: only segments that carry payload reach the gateway (the rules' BPF match);
   pure ACKs, SYNs and FINs without data go straight to the kernel. With `skip_login`, the
-  skip rule too (alg/kernel/rules_skip.py, modelled here on its own): until the daemon's
-  look-up marks the connection, whole login lines pass it unqueued;
+  skip rules too (alg/kernel/rules_skip.py, modelled here on their own): until the daemon's
+  look-up marks the connection, whole login lines pass unqueued, and plain replies always;
 - the daemon: it carries out the gateway's commands in order, answers `Lookup` from the
   kernel's records and `Reserve` with a port, and counts verdicts per queued packet (every
   packet must get exactly one);
@@ -170,7 +170,7 @@ class Link:
     now: float = 0.0
     taken_ports: set[int] = field(default_factory=set)  # the kernel refuses these (EEXIST)
     queue_all: bool = False  # queue segments without payload too (the replay does)
-    skip_login: bool = False  # the skip rule stands before the queue rule
+    skip_login: bool = False  # the skip rules stand before the queue rule
     marked: bool = False  # the connection carries the watch bit (set by the look-up)
     skipped: int = 0  # segments the skip rule let pass
     to_server: list[bytes] = field(default_factory=list)  # what left the router, in order
@@ -209,6 +209,12 @@ class Link:
         self.send(False, SYN | ACK, seq=s.seq - 1, ack=c.seq)
         self.send(True, ACK, seq=c.seq, ack=s.seq)
 
+    def log_in(self, greeting: bytes = b"220 ready\r\n") -> None:
+        """The greeting, USER and 230: with `skip_login`, lines the kernel lets pass."""
+        self.send(False, payload=greeting)
+        self.send(True, payload=b"USER a\r\n")
+        self.send(False, payload=b"230 ok\r\n")
+
     def send(
         self,
         from_client: bool,
@@ -236,7 +242,8 @@ class Link:
         if not seg.payload_len and not self.queue_all:
             self.deliver(pkt, from_client)  # not queued: the kernel alone shifts it
             return []
-        if self.skip_login and not self.marked and skippable(seg.payload, from_client):
+        unwatched = not self.marked or not from_client  # replies pass whatever the bit
+        if self.skip_login and unwatched and skippable(seg.payload, from_client):
             self.skipped += 1
             self.deliver(pkt, from_client)
             return []

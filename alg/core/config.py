@@ -39,6 +39,10 @@ class Config:
     # Recompute both checksums of every changed packet instead of updating them (captures
     # with offloaded checksums: the output is then valid whatever the input was).
     full_checksum: bool = False
+    # The kernel's skip rule lets plain replies pass unqueued (alg/kernel/rules_skip.py): a
+    # hole in a reply stream is lines that passed, not a loss. The daemon sets it from its
+    # watch_mark; the replay feeds every segment and leaves it off.
+    replies_unqueued: bool = False
     # Address to write into rewrites instead of the router's outside address conntrack shows
     # (double NAT: that address is itself private). The expectation still uses the real one.
     announce: dict[bytes, bytes] = field(default_factory=dict)

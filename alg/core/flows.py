@@ -20,7 +20,7 @@ _STRANGER = 1 << 20
 
 def stranger(session: Session, stream: Stream, seg: Segment) -> bool:
     """Whether a segment found by its tuple may belong to a newer connection: its session is
-    closing (the server sent 221 or 421), or the segment is `distant`. A client that reuses
+    closing (QUIT, or the server sent 221 or 421), or the segment is `distant`. A client that reuses
     its port at once gets there before conntrack's destroy event of the old connection is
     read; a look-up then tells (`Gateway._session_for`)."""
     return session.closing_at is not None or distant(session, stream, seg)
@@ -30,9 +30,9 @@ def distant(session: Session, stream: Stream, seg: Segment) -> bool:
     """Its sequence or acknowledgement number lies far from where the session's streams
     stand: it cannot be of the session's connection, whatever conntrack's id says (a new
     entry can take the id of the one freed for it: the id hashes the entry's address)."""
-    if _far(seg.seq, stream.next_seq):
+    if _far(seg.seq, stream.front()):
         return True
-    return bool(seg.flags & ACK) and _far(seg.ack, session.peer(stream).next_seq)
+    return bool(seg.flags & ACK) and _far(seg.ack, session.peer(stream).front())
 
 
 def _far(number: int, expected: int | None) -> bool:

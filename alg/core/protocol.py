@@ -17,8 +17,9 @@ seen from its start: joined mid-stream, the gateway cannot know what is in effec
 An address-bearing line is acted on when:
 - a client sends PORT, EPRT or LPRT (RFC 959 4.1.2, RFC 2428 2, RFC 1639 2): always;
 - a server sends 227, 228 or 229 (RFC 959 4.1.2, RFC 1639, RFC 2428 3): only as the answer to
-  a PASV, LPSV or EPSV this client is waiting on. Replies before it that were lost (pipelined
-  commands whose answers the gateway never saw) are skipped; an unsolicited one is refused.
+  a PASV, LPSV or EPSV this client is waiting on. Replies before it that were never seen
+  (lost, or plain replies the kernel let pass unqueued) are skipped; an unsolicited one is
+  refused. A 234 likewise answers the AUTH waiting, wherever it stands.
 Acting on a line (policy, expectation, rewrite) is the session's job; this module only says
 which lines qualify, and refuses the unreadable ones with a reason.
 
@@ -28,18 +29,22 @@ inside the encrypted stream; the gateway notices only that clear text resumes wh
 record header should be (alg.core.tls), and goes back to COMMANDS with no pending commands.
 RFC 2228's ENC/MIC/CONF commands wrap commands in encoding the gateway cannot read: noted once.
 
-Closing. A final 221 or 421 (RFC 959 4.2: "closing control connection") means the server
-ends the connection: the session is CLOSING and `Closing` tells the gateway to forget it after
-its linger time. Only payload reaches the gateway, not the FINs that follow, and conntrack's
-end of the connection comes only after TIME_WAIT (120 s): without this, every finished
-session would stay tracked two minutes. Lines still read as in COMMANDS meanwhile.
+Closing. QUIT, which the server answers with 221 and its end of the connection (RFC 959
+4.1.1, 5.4), or a final 421 (RFC 959 4.2: "closing control connection", also unasked) means
+the connection ends: the session is CLOSING and `Closing` tells the gateway to forget it
+after its linger time. Only payload reaches the gateway, not the FINs that follow, and
+conntrack's end of the connection comes only after TIME_WAIT (120 s): without this, every
+finished session would stay tracked two minutes. The QUIT decides, not the 221: commands
+are all queued, while the kernel lets a 221 pass unqueued like any plain reply. Lines still
+read as in COMMANDS meanwhile; should the connection go on after all (a QUIT refused), its
+next line after the linger time finds it as a restarted daemon would.
 
 States (one per session)
 
     GREETING  --final reply-->      COMMANDS   (the server's 220 answers no command)
     COMMANDS  --234 to AUTH-->      BLIND
     BLIND     --clear text-->       COMMANDS
-    COMMANDS  --221 or 421-->       CLOSING    (a 421 greeting: GREETING, COMMANDS, CLOSING)
+    COMMANDS  --QUIT, 221 or 421--> CLOSING    (a 421 greeting: GREETING, COMMANDS, CLOSING)
 
 A session joined mid-stream (after a restart or failover) starts in COMMANDS. So does one
 whose login lines the kernel let pass unqueued (alg/kernel/rules_skip.py), but knowing that
@@ -67,6 +72,7 @@ class Signal(Enum):
     AUTH_ACCEPTED = "234 answering AUTH"
     CLEAR_TEXT = "clear text after TLS records"
     SERVER_CLOSING = "a final 221 or 421"
+    QUIT = "the client's QUIT"
 
 
 TRANSITIONS: dict[tuple[State, Signal], State] = {
@@ -74,6 +80,7 @@ TRANSITIONS: dict[tuple[State, Signal], State] = {
     (State.COMMANDS, Signal.AUTH_ACCEPTED): State.BLIND,
     (State.BLIND, Signal.CLEAR_TEXT): State.COMMANDS,
     (State.COMMANDS, Signal.SERVER_CLOSING): State.CLOSING,
+    (State.COMMANDS, Signal.QUIT): State.CLOSING,
 }
 
 ADDRESS_VERBS = (b"PORT", b"EPRT", b"LPRT")
@@ -88,6 +95,10 @@ _DATA_PORT_VERBS = frozenset(ADDRESS_VERBS) | _PASSIVE_VERBS
 # RFC 959 4.2: 221 "Service closing control connection", 421 "Service not available,
 # closing control connection".
 _CLOSING_CODES = frozenset((b"221", b"421"))
+# Replies that answer only their own command, wherever it waits: the replies before them may
+# have passed unseen (lost, or let through unqueued by the kernel's skip rule), and counting
+# them off in order would pair these with the wrong command.
+SEARCHED = {**PASSIVE, b"234": b"AUTH"}
 
 
 # ---- what a line means -----------------------------------------------------------------------
@@ -126,7 +137,7 @@ class DefaultPort(NamedTuple):
 
 
 class Closing(NamedTuple):
-    """The server closes the control connection (a final 221 or 421)."""
+    """The control connection ends: the client's QUIT, or a final 221 or 421."""
 
 
 Meaning = Address | Refused | Notice | Blind | DefaultPort | Closing | None
@@ -198,8 +209,15 @@ class Protocol:
         if len(self.pending) >= max_pending:
             del self.pending[0]
         self.pending.append(verb)
+        if verb == b"QUIT" and self.state is State.COMMANDS:
+            self.signal(Signal.QUIT)
+            return Closing()
         if verb in _DATA_PORT_VERBS:
             self._data_port_set = True
+            if verb in ADDRESS_VERBS and not _PASSIVE_VERBS.isdisjoint(self.pending):
+                # The client went active: a passive command still waiting was refused
+                # (its reply may have passed unseen) and will never be answered.
+                self.pending[:-1] = [v for v in self.pending[:-1] if v not in _PASSIVE_VERBS]
         elif verb in TRANSFER_VERBS and self.state is State.COMMANDS:
             in_effect, self._data_port_set = self._data_port_set, False
             if not in_effect and not overflow:
@@ -280,7 +298,7 @@ class Protocol:
         pending = self.pending
         if not pending:
             return None
-        want = PASSIVE.get(code)
+        want = SEARCHED.get(code)
         if want is None:
             return pending.pop(0)
         if want not in pending:
@@ -306,6 +324,10 @@ class Protocol:
         self._handled = True
         return Address(hp, line)
 
+    def awaits_passive(self) -> bool:
+        """A PASV, EPSV or LPSV waits for its reply (whose 227/228/229 we must rewrite)."""
+        return not _PASSIVE_VERBS.isdisjoint(self.pending)
+
     # ---- split lines ---------------------------------------------------------------------
 
     def may_carry_address(self, from_client: bool, partial: bytes) -> bool:
@@ -317,7 +339,7 @@ class Protocol:
             return any(v.startswith(head) for v in ADDRESS_VERBS)
         if self._multiline is not None:
             return self._multiline in PASSIVE and not self._handled
-        if _PASSIVE_VERBS.isdisjoint(self.pending):
+        if not self.awaits_passive():
             return False
         head = partial[:3]
         return any(code.startswith(head) for code in PASSIVE)

@@ -19,6 +19,7 @@ from alg.core.context import Context
 from alg.core.dialogue import Dialogue, Work
 from alg.core.packet import ACK, FIN, RST, SYN, Segment
 from alg.core.protocol import (
+    SEARCHED,
     Protocol,
     State,
 )
@@ -100,6 +101,8 @@ class Session(Dialogue):
         if flags & ACK:
             ack = other.true_ack(seg.ack)
             other.note_ack(ack)
+            if half is self.orig and self.ctx.config.replies_unqueued:
+                half.answered(ack)  # the server's acks ride on replies we do not see
             if other.held and other.record_end is None:
                 self.drain(other, now, out)  # a rewrite waiting for this ack may go now
             if other.hole_passed():
@@ -143,7 +146,10 @@ class Session(Dialogue):
                 if keep_new:
                     half.keep_ooo(seq, (handle, seg, ack))
                 return
-            if len(half.ooo) < config.max_held:
+            if half is self.reply and config.replies_unqueued and self._unqueued(half, seg):
+                self._gap(half, seq, rel, now, out, quiet=True)
+                rel = 0
+            if rel > 0 and len(half.ooo) < config.max_held:
                 half.keep_ooo(seq, (handle, seg, ack))
                 if half.hole_passed():
                     yield from self._skip_hole(half, now, out)
@@ -152,8 +158,9 @@ class Session(Dialogue):
                     half.hold_deadline = now + config.hold_timeout
                 self.ctx.count("held.out-of-order")
                 return
-            self._gap(half, seq, rel, now, out)
-            rel = 0
+            if rel > 0:
+                self._gap(half, seq, rel, now, out)
+                rel = 0
         if rel + length <= 0:  # nothing new: a retransmission
             if half.held and seq_diff(seq + length, half.held[0].seq) > 0:
                 self.ctx.count("held.retransmission-dropped")
@@ -211,9 +218,26 @@ class Session(Dialogue):
     def drain(self, half: Stream, now: float, out: list[Command], force: bool = False) -> None:
         half.drain(self.peer(half), self.tuples[0], now, self.ctx, out, force)
 
+    def _unqueued(self, half: Stream, seg: Segment) -> bool:
+        """Is this hole in the reply stream plain replies the kernel's skip rule let pass,
+        so that reading may resume at `seg` without waiting for the client's ack?
+
+        Skipped segments are whole lines, so a segment after them starts a line. The hole
+        could also be a loss before the router, whose retransmission would then arrive as
+        old bytes and pass unread: harmless unless it is the 227/228/229 of a passive
+        command still waiting (a client that pipelined PASV and LIST, the 227 lost, the
+        150 first). Then only that reply itself resumes reading at once."""
+        payload = seg.payload
+        code = payload[:3]
+        if half.ooo or not code.isdigit() or payload[3:4] not in (b" ", b"-"):
+            return False
+        return code in SEARCHED or not self.protocol.awaits_passive()
+
     def _skip_hole(self, half: Stream, now: float, out: list[Command]) -> Work:
+        """The far side acknowledged bytes of the hole: they passed without us."""
         first = half.first_ooo()
-        self._gap(half, first, seq_diff(first, half.next_seq or first), now, out)
+        quiet = half is self.reply and self.ctx.config.replies_unqueued
+        self._gap(half, first, seq_diff(first, half.next_seq or first), now, out, quiet)
         yield from self._in_order(half, now, out)
 
     def _in_order(self, half: Stream, now: float, out: list[Command]) -> Work:
@@ -226,13 +250,26 @@ class Session(Dialogue):
             handle, seg, ack = half.ooo.pop(seq)
             yield from self._data(half, seg, handle, ack, now, out)
 
-    def _gap(self, half: Stream, seq: int, missing: int, now: float, out: list[Command]) -> None:
-        """Bytes before `seq` were never seen (lost before us, or not captured): resync."""
+    def _gap(
+        self,
+        half: Stream,
+        seq: int,
+        missing: int,
+        now: float,
+        out: list[Command],
+        quiet: bool = False,
+    ) -> None:
+        """Bytes before `seq` were never seen (lost before us, not captured, or `quiet`:
+        replies the kernel let pass unqueued, only counted): resync."""
         if half is self.orig:
             self.protocol.commands_lost()
         else:
             self.protocol.replies_lost()
         self.drain(half, now, out, force=True)
+        half.start(seq)
+        if quiet:
+            self.ctx.count("replies-unqueued")
+            return
         self.report(
             out,
             Report(
@@ -242,7 +279,6 @@ class Session(Dialogue):
                 "reading resumes at this segment",
             ),
         )
-        half.start(seq)
 
     def expire(self, now: float, out: list[Command]) -> Work:
         """Hold deadlines: a split line's segments leave as they are, a rewrite waiting for

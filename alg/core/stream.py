@@ -8,8 +8,9 @@ where the record alone would let a wrong number out:
 
 - a segment carrying a rewrite leaves with its new payload, after its record is written;
 - a second rewrite waits (bounded by `hold_timeout`) until the receiver has acknowledged the
-  segment of the first, since the kernel keeps one correction per direction and would map
-  the receiver's older ACKs wrongly once it is replaced;
+  segment of the first (or, its acks unseen, answered it: `answered`), since the kernel keeps
+  one correction per direction and would map the receiver's older ACKs wrongly once it is
+  replaced;
 - a line split over several segments is coalesced into one segment (no record can shift two
   halves of one rewritten span differently), when the result stays small enough;
 - a retransmission of older data, and an ACK or SACK edge the record would map wrongly, is
@@ -74,6 +75,7 @@ class Stream:
         "ooo",
         "record",
         "record_end",
+        "record_peer_ack",
         "sent_upto",
         "tls",
         "unseen_ack",
@@ -84,6 +86,8 @@ class Stream:
         self.exact = ExactMap()
         self.record = NO_RECORD  # the kernel's record, as last written or read
         self.record_end: int | None = None  # end of the segment that set it, until acked
+        # That segment's own ack of the far side's stream (see `answered`).
+        self.record_peer_ack: int | None = None
         self.acked: int | None = None  # the receiver has every byte before this
         # An ack past every byte seen: the far side got bytes that never reached the queue
         # (lost before the capture point, or not queued); a hole before it will not fill.
@@ -113,6 +117,14 @@ class Stream:
         self.record = record
         self.exact = ExactMap(record.offset_after)
         self.record_end = None
+
+    def front(self) -> int | None:
+        """How far the stream is known to reach: its bytes seen, or further where the far
+        side acknowledged bytes that never reached us (replies the kernel let pass)."""
+        unseen, seen = self.unseen_ack, self.next_seq
+        if unseen is None or seen is None or seq_diff(unseen, seen) <= 0:
+            return seen
+        return unseen
 
     def keep_ooo(self, seq: int, item: tuple[Handle, Segment, int | None]) -> None:
         if self.ooo is _NO_OOO:
@@ -182,6 +194,7 @@ class Stream:
                     ctx.count("seqadj-replaced-unacknowledged")
                 out.append(WriteSeqAdj(original, self.dir, record))
                 self.record, self.record_end = record, end
+                self.record_peer_ack = item.ack
             built = self.build(peer, item.seg, item.seq, item.data, item.ack, config)
             out.append(verdict(item.handle, built))
             self.sent_upto = end
@@ -205,6 +218,24 @@ class Stream:
             self.acked = true_ack
         self.exact.acked(true_ack)
         if self.record_end is not None and seq_diff(true_ack, self.record_end) >= 0:
+            self.record_end = None
+
+    def answered(self, peer_ack: int) -> None:
+        """The sender now acknowledges more of the far side's stream than it did in the
+        segment that set the record: the far side has answered that segment, so it has it.
+
+        For the command stream when the kernel lets plain replies pass unqueued: the server's
+        "200 PORT command successful", which carries its ack of the PORT, never reaches us,
+        nor do its pure ACKs, but the client's next command acknowledges the 200. The
+        inference needs a client that sent the rewritten command with no reply still on its
+        way to it (the reply it now acknowledges then answers that command). After one that
+        pipelined it, a server ACK older than the rewrite, overtaken on the wire by later
+        segments, would leave the replaced record off by the rewrite's offset (a few bytes):
+        the one case where the kernel's record alone could let a wrong number out."""
+        if self.record_end is None or self.record_peer_ack is None:
+            return
+        if seq_diff(peer_ack, self.record_peer_ack) > 0:
+            self.exact.acked(self.record_end)
             self.record_end = None
 
     def ack_out(self, true_ack: int) -> int:

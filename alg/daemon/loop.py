@@ -15,6 +15,7 @@ import select
 import signal
 import time
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 from alg.core import Found, Gateway
@@ -50,7 +51,9 @@ class Daemon:
             counters=self.counters,
             watch_mark=settings.watch_mark,
         )
-        self.gw = Gateway(settings.core, self.counters)
+        # With the skip rule, plain replies pass unqueued: holes in reply streams are normal.
+        core = replace(settings.core, replies_unqueued=bool(settings.watch_mark))
+        self.gw = Gateway(core, self.counters)
         self.executor = Executor(self.gw, self.conntrack, time.monotonic)
         self.executor.ftps = FtpsRanges.from_settings(settings, self.gw, self.counters)
         # A taken port raises OSError here, which `ftp-alg run` reports as "cannot start".

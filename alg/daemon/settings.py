@@ -92,7 +92,8 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-_CORE_KEYS = {f.name for f in fields(Config)}
+# Options of the config file; `replies_unqueued` is no option: it follows watch_mark.
+CORE_OPTIONS = frozenset(f.name for f in fields(Config)) - {"replies_unqueued"}
 _DAEMON_KEYS = {f.name for f in fields(Settings)} - {"core"}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _SECTIONS = ("gateway", "daemon")
@@ -256,7 +257,7 @@ def load(path: str | None, overrides: dict[str, Any]) -> Settings:
             data = tomllib.load(f)
     flat = _flatten(data)
     flat.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = set(flat) - _CORE_KEYS - _DAEMON_KEYS
+    unknown = set(flat) - CORE_OPTIONS - _DAEMON_KEYS
     if unknown:
         raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
     defaults = {
@@ -268,7 +269,7 @@ def load(path: str | None, overrides: dict[str, Any]) -> Settings:
     first, count = flat.get("queue_num", 0), flat.get("queue_count", 1)
     if first + count > 65536:
         raise SettingsError(f"queues {first}..{first + count - 1} exceed queue number 65535")
-    core = Config(**{k: _core_value(k, v) for k, v in flat.items() if k in _CORE_KEYS})
+    core = Config(**{k: _core_value(k, v) for k, v in flat.items() if k in CORE_OPTIONS})
     if "control_ports" not in flat:
         core = replace(core, control_ports=Settings().core.control_ports)
     daemon = {k: v for k, v in flat.items() if k in _DAEMON_KEYS and k != "announce"}

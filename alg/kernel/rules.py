@@ -62,12 +62,13 @@ Why these rules:
   restarted daemon reads the record back; conntrackd carries it to a standby router.
 - So only segments that carry payload go to the queue: pure ACKs, SYNs and FINs without data
   never leave the kernel (the -m bpf program compares the IP length with the headers').
-- Nor do a connection's login lines, until ftp-alg has met it: a segment of whole lines that
-  starts with USER, PASS, SYST, TYPE, ... or a plain 220/230/331/200 reply, holds no address,
-  passive, transfer or AUTH word, and whose connection lacks the watch bit in its connmark
-  (watch_mark) passes the queue (RETURN). ftp-alg sets the bit when it starts watching a
-  connection (ctnetlink), so from then on every payload segment is queued. (iptables only:
-  nft has no match for a segment's last byte, so the nft rule set queues these lines too.)
+- Nor do lines nobody needs: a segment of whole lines that holds no address, passive,
+  transfer or AUTH word (nor 227/228/229/234/421) passes the queue (RETURN) when it starts
+  with a plain single-line reply (200, 150, 226, 550, ...), or with a login verb (USER, PASS,
+  SYST, TYPE, ...) while its connection lacks the watch bit in its connmark (watch_mark).
+  ftp-alg sets the bit when it starts watching a connection (ctnetlink), so from then on
+  every command is queued. (iptables only: nft has no match for a segment's last byte, so
+  the nft rule set queues these lines too.)
 - Both directions are queued in mangle POSTROUTING: after conntrack, so conntrack sees every
   packet as its sender sent it (one consistent numbering per direction), and before SNAT
   and before the shift, so ftp-alg sees inside addresses and the sender's numbers. A reply

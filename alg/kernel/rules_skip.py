@@ -1,28 +1,38 @@
-"""The login lines the kernel keeps to itself: a rule before the queue rule lets a segment
-pass without queueing it when nothing in it can matter to ftp-alg.
+"""The lines the kernel keeps to itself: rules before the queue rules let a segment pass
+without queueing it when nothing in it can matter to ftp-alg.
 
-Every control connection starts with the same few lines (the greeting, USER, PASS, SYST,
-TYPE, and their plain replies), and each queued segment costs the daemon a wake-up, a look at
-the packet and a verdict (the kernel forwards the packet inside that call). So until the
-daemon first meets a connection, segments that are whole boring lines pass straight on. A
-segment passes unqueued only when all of these hold:
+Each queued segment costs the daemon a wake-up, a look at the packet and a verdict (the kernel
+forwards the packet inside that call), and most lines of a session matter to nobody: the
+login, and the server's plain replies (200, 150, 226, 250, 550, ...). Two rules:
 
-- the connection does not carry the watch bit in its connmark. The daemon sets the bit
-  (ctnetlink, CTA_MARK with CTA_MARK_MASK) when it first looks the connection up, in the same
-  round trip and before the verdict of its first segment, so from then on every payload
-  segment is queued as before and the daemon's streams have no holes;
-- the segment ends in a line feed (a line split over segments is queued: its rest may follow);
+- **Login lines** (both directions), until the daemon first meets a connection: the greeting,
+  USER, PASS, SYST, TYPE and their plain replies. The client's rule requires that the
+  connection lacks the watch bit in its connmark. The daemon sets the bit (ctnetlink, CTA_MARK
+  with CTA_MARK_MASK) when it first looks the connection up, in the same round trip and
+  before the verdict of its first segment, so from then on every command is queued and the
+  command stream has no holes.
+- **Plain replies** (server to client), always: a reply stream may have holes anywhere. The
+  core reads a hole in it as lines that passed (`Config.replies_unqueued`): every skipped
+  segment is whole lines, so the next queued one starts a line. The replies that matter
+  (227/228/229, 234, 421) are never skipped, and the command stream, all queued, says
+  which command a reply can answer. The client acknowledges the skipped bytes in its next
+  command, which the daemon sees: that is how a 227 behind a hole is known to start a line.
+
+A segment passes unqueued only when all of these hold:
+
+- it ends in a line feed (a line split over segments is queued: its rest may follow);
 - it starts with one of the verbs or reply codes below (-m bpf: a continuation of a split line
   starts mid-line, not with one of these, and is queued);
 - nowhere in it (-m string, any case) stands a word that ftp-alg acts on: an address or passive
   command, a transfer command (RFC 959's default data port is decided by them), AUTH, or a
-  227/228/229/234/221/421 reply. A client that pipelines "PASS x\\r\\nPASV\\r\\n" in one
-  segment has it queued.
+  227/228/229/234/421 reply. A client that pipelines "PASS x\\r\\nPASV\\r\\n" in one
+  segment has it queued;
+- for a command: the connection lacks the watch bit.
 
-So what the daemon never sees of a connection is a run of login lines at its start: its first
-segment finds a session that is logged in, with no command waiting and no data port set. A
-daemon that meets a connection whose bit is set (restarted, or the standby after a failover)
-knows it joined mid-stream. `watch_mark = 0` in the config turns both the rule and the bit off.
+So what the daemon never sees of a command stream is a run of login lines at its start: its
+first segment finds a session that is logged in, with no command waiting and no data port set.
+A daemon that meets a connection whose bit is set (restarted, or the standby after a failover)
+knows it joined mid-stream. `watch_mark = 0` in the config turns both rules and the bit off.
 """
 
 from __future__ import annotations
@@ -43,8 +53,18 @@ CLIENT_PREFIXES = (
     b"xpwd",
     b"cwd ",
 )
-# Server replies that start a skippable segment: a final single-line reply with these codes.
-SERVER_PREFIXES = (b"220 ", b"230 ", b"331 ", b"332 ", b"215 ", b"200 ", b"202 ", b"250 ", b"257 ")
+# Server replies that start a skippable segment: a single-line reply with one of these codes.
+# Login (RFC 959 5.4): 220, 230, 331, 332, 215, 200, 202, 250, 257. Transfers and files:
+# 150, 125, 226, 225, 350, 213, 211, 212, 214; 221 (the session closes at the QUIT). Errors
+# nothing of ftp-alg reads: 425, 426, 450, 451, 452, 500, 501, 502, 503, 504, 530, 550, 553.
+SERVER_PREFIXES = tuple(
+    b"%d " % code
+    for code in (
+        *(220, 230, 331, 332, 215, 200, 202, 250, 257),
+        *(150, 125, 226, 225, 350, 213, 211, 212, 214, 221),
+        *(425, 426, 450, 451, 452, 500, 501, 502, 503, 504, 530, 550, 553),
+    )
+)
 # Words whose presence anywhere in a segment queues it (matched in any case).
 CLIENT_WORDS = (
     "PORT",
@@ -62,7 +82,7 @@ CLIENT_WORDS = (
     "NLST",
     "MLSD",
 )
-SERVER_WORDS = ("227", "228", "229", "234", "221", "421")
+SERVER_WORDS = ("227", "228", "229", "234", "421")
 DEFAULT_WATCH_MARK = 0x01000000
 
 # Classic BPF opcodes (linux/filter.h)
@@ -132,21 +152,20 @@ def bytecode(program: list[Insn]) -> str:
 
 
 def skip_rule(family: int, from_client: bool, ports: tuple[str, ...], mark: int) -> tuple[str, ...]:
-    """The rule that lets a skippable segment leave the chain before the queue rule."""
+    """The rule that lets a skippable segment leave the chain before the queue rule: a
+    command only while the connection lacks the watch bit `mark`, a reply always."""
     words = CLIENT_WORDS if from_client else SERVER_WORDS
     strings: tuple[str, ...] = ()
     for word in words:  # in the order iptables-save lists them (`ftp-alg doctor` compares)
         strings += ("-m", "string", "!", "--string", word, "--algo", "bm", "--icase")
+    unwatched = ("-m", "connmark", "--mark", f"0x0/{mark:#x}") if from_client else ()
     return (
         *ports,
         "-m",
         "conntrack",
         "--ctstate",
         "ESTABLISHED",
-        "-m",
-        "connmark",
-        "--mark",
-        f"0x0/{mark:#x}",
+        *unwatched,
         "-m",
         "bpf",
         "--bytecode",

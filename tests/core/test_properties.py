@@ -193,7 +193,10 @@ def test_login_lines_the_kernel_keeps_leave_every_stream_exact(
     are exact as without the rule, and a LIST with no PORT before it (RFC 959's default
     port) is expected, as in a session seen from its start."""
     link = Link(
-        Gateway(Config()), Peer(C, 40000, 1000, seen_as=C_OUT), Peer(S, 21, 5000), skip_login=True
+        Gateway(Config(replies_unqueued=True)),
+        Peer(C, 40000, 1000, seen_as=C_OUT),
+        Peer(S, 21, 5000),
+        skip_login=True,
     )
     link.handshake()
     client_text, server_text = b"", b"220 ready\r\n"
@@ -230,15 +233,13 @@ def test_login_lines_the_kernel_keeps_leave_every_stream_exact(
 
 def test_a_transfer_after_skipped_login_lines_uses_the_default_data_port() -> None:
     link = Link(
-        Gateway(Config()), Peer(C, 40000, 1000, seen_as=C_OUT), Peer(S, 21, 5000), skip_login=True
+        Gateway(Config(replies_unqueued=True)),
+        Peer(C, 40000, 1000, seen_as=C_OUT),
+        Peer(S, 21, 5000),
+        skip_login=True,
     )
     link.handshake()
-    for text, from_client in (
-        (b"220 hi\r\n", False),
-        (b"USER a\r\n", True),
-        (b"230 ok\r\n", False),
-    ):
-        link.send(from_client, payload=text)
+    link.log_in(b"220 hi\r\n")
     assert link.skipped == 3 and link.gw.session_count == 0
     link.send(True, payload=b"RETR f\r\n")
     assert link.marked and link.gw.session_count == 1

@@ -28,9 +28,8 @@ from types import ModuleType
 import pytest
 
 from alg.cli import build_parser
-from alg.core.config import Config
 from alg.core.reports import EventKind, Reason
-from alg.daemon.settings import Settings, load
+from alg.daemon.settings import CORE_OPTIONS, Settings, load
 from alg.kernel import rules
 from alg.options import parse_ports
 
@@ -47,7 +46,7 @@ def _text(name: str) -> str:
 
 
 def _option_names() -> tuple[set[str], set[str]]:
-    core = {f.name for f in fields(Config)}
+    core = set(CORE_OPTIONS)
     daemon = {f.name for f in fields(Settings)} - {"core"}
     return core, daemon
 

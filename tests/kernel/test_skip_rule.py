@@ -1,5 +1,6 @@
-"""The skip rule in the real kernel: which segments of a connection that no daemon watches
-pass unqueued, and that the watch bit, set over ctnetlink as the daemon does, ends it.
+"""The skip rules in the real kernel: which segments of a connection that no daemon watches
+pass unqueued, and that the watch bit, set over ctnetlink as the daemon does, ends it for
+commands (plain replies pass whatever the bit).
 
 One namespace of its own, loopback only: the rendered skip rules (alg/kernel/rules_skip.py)
 then the payload match of the queue rule, in a chain jumped to from mangle POSTROUTING, with a
@@ -50,10 +51,15 @@ CASES = [
     (False, b"220-hi\r\n", True),  # a multi-line reply
     (False, b"227 Entering (1,2,3,4,5,6)\r\n", True),
     (False, b"230 ok\r\n227 x\r\n", True),
-    (False, b"150 x\r\n", True),
-    (False, b"226 ok\r\n", True),
+    (False, b"150 x\r\n", False),
+    (False, b"226 ok\r\n", False),
     (False, b"200 ok", True),
-    (False, b"530 no\r\n", True),
+    (False, b"530 no\r\n", False),
+    (False, b"150 file227.bin\r\n", True),  # a word the gateway acts on, wherever it stands
+    (False, b"221 Goodbye.\r\n", False),  # the session closes at the QUIT
+    (False, b"421 bye\r\n", True),
+    (False, b"234 go\r\n", True),
+    (False, b"299 x\r\n", True),  # not a code of the list
 ]
 
 
@@ -145,4 +151,5 @@ def test_the_watch_bit_the_daemons_look_up_sets_queues_every_line(ns: str, famil
             assert getattr(adapter.lookup(to_key(original)), "watched", False)
             assert adapter.counters["connmark-set"] == 1
         assert _send(ns, family, client, server, b"PASS secret\r\n")
-        assert _send(ns, family, server, client, b"230 ok\r\n")
+        assert not _send(ns, family, server, client, b"230 ok\r\n")  # replies: whatever the bit
+        assert _send(ns, family, server, client, b"227 Entering (1,2,3,4,5,6)\r\n")

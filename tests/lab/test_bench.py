@@ -102,12 +102,14 @@ def test_figures_agree_with_each_other(bench: tuple[dict[str, float], Path, str]
     assert f["restart_sessions_survived"] == 1.0 and f["restart_sessions"] == 5
     assert 0 < f["queued_packets_per_session"] < 40
     # Only segments with payload are queued: a session's handshake, pure ACKs and FINs are
-    # not, so at most about half of its control packets reach the daemon.
+    # not, so at most about half of its control packets reach the daemon; nor are its login
+    # lines and plain replies (the skip rules), which leaves its PORT or PASV and 227, LIST
+    # and QUIT: 3 or 4 of about 23 (0.35 with the login rule alone, 0.5 with neither).
     assert f["control_packets_per_session"] > f["queued_packets_per_session"]
     assert f["queued_share"] == pytest.approx(
         f["queued_packets_per_session"] / f["control_packets_per_session"], rel=2e-2
     )
-    assert f["queued_share"] <= 0.55
+    assert f["queued_share"] <= 0.25
     # Sessions fail when something is broken; vsftpd alone may refuse a rare one at 64 at once
     # ("500 OOPS: vsf_sysutil_bind": its 50 passive ports are busy), hence the slack.
     for gw in GATEWAYS:
