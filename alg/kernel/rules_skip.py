@@ -16,7 +16,9 @@ login, and the server's plain replies (200, 150, 226, 250, 550, ...). Two rules:
   segment is whole lines, so the next queued one starts a line. The replies that matter
   (227/228/229, 234, 421) are never skipped, and the command stream, all queued, says
   which command a reply can answer. The client acknowledges the skipped bytes in its next
-  command, which the daemon sees: that is how a 227 behind a hole is known to start a line.
+  command, which the daemon sees: that is how a hole it held a reply behind is explained
+  (alg.core.session, `Session._unqueued`), and how the server's acks of a rewritten PORT,
+  carried on skipped replies, are made up for (alg.core.stream, `Stream.answered`).
 
 A segment passes unqueued only when all of these hold:
 
