@@ -100,13 +100,17 @@ def seq3(host: str, port: int, count: int, loaded: bool) -> dict[str, object]:
     return {"sequences": count, "banners": banners}
 
 
-def _junk(src: str, dst: str, kind: str, port: int, variety: int) -> list[bytes]:
+def _junk(
+    src: str, dst: str, kind: str, port: int, variety: int, exclude: frozenset[int]
+) -> list[bytes]:
     """`variety` prebuilt packets: `ack` (sport `port`, random dports, ACK + payload), `syn`
     (sport `port`, random dports), `mix` (the two alternating) or `junk` (random sports to
-    dport `port`, ACK + payload). The random ports are distinct up to 64512 packets, so
-    each packet of one round is the first of its 4-tuple."""
+    dport `port`, ACK + payload). The random ports are distinct up to 64512 packets less
+    `exclude` (ports of connections the router already tracks), so each packet of one round
+    is the first of its 4-tuple."""
     rng = random.Random(10)
-    others = rng.sample(range(1024, 65536), min(variety, 64512))
+    pool = [p for p in range(1024, 65536) if p not in exclude]
+    others = rng.sample(pool, min(variety, len(pool)))
     out = []
     for i in range(variety):
         seq, ack, other = rng.getrandbits(32), rng.getrandbits(32), others[i % len(others)]
@@ -122,13 +126,19 @@ def _junk(src: str, dst: str, kind: str, port: int, variety: int) -> list[bytes]
 
 
 def flood(
-    dst: str, kind: str, port: int, seconds: float, limit: int, variety: int
+    dst: str,
+    kind: str,
+    port: int,
+    seconds: float,
+    limit: int,
+    variety: int,
+    exclude: frozenset[int] = frozenset(),
 ) -> dict[str, object]:
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     probe.connect((dst, 9))
     src = probe.getsockname()[0]
     probe.close()
-    packets = _junk(src, dst, kind, port, variety)
+    packets = _junk(src, dst, kind, port, variety, exclude)
     raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
     raw.connect((dst, 0))
     send, sent, errors = raw.send, 0, 0
@@ -209,6 +219,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--limit", type=int, default=10**9)
     p.add_argument("--variety", type=int, default=4096)
+    p.add_argument("--exclude", default="", help="comma-separated ports the random ones avoid")
     p = sub.add_parser("bounce")
     p.add_argument("host")
     p.add_argument("--port", type=int, default=21)
@@ -217,7 +228,8 @@ def main() -> None:
     if a.cmd == "seq3":
         out = seq3(a.host, a.port, a.count, a.loaded)
     elif a.cmd == "flood":
-        out = flood(a.host, a.kind, a.port, a.seconds, a.limit, a.variety)
+        exclude = frozenset(int(p) for p in a.exclude.split(",") if p)
+        out = flood(a.host, a.kind, a.port, a.seconds, a.limit, a.variety, exclude)
     else:
         out = bounce(a.host, a.port, a.count)
     print(json.dumps(out))

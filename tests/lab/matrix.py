@@ -55,11 +55,11 @@ def check_cell(lab: LabHandle, gateway: str, cell: Cell, tmp_path: Path) -> None
         # unique name: vsftpd does not let anonymous users overwrite
         local = tmp_path / f"{gateway}-{cell.id}.bin"
         local.write_bytes(os.urandom(1 << 20))
-    invalid_before = lab.invalid()
+    invalid_before = lab.invalid_control()
     outcome = lab.run(cell.client, cell.case, tmp_path, cell.op, local)
     assert outcome.ok, outcome.show()
     # the gateway kept conntrack's view of the control connection consistent
-    assert lab.invalid() == invalid_before, outcome.show()
+    assert lab.invalid_control() == invalid_before, outcome.show()
     # the client used the mode the cell names, with no fallback (lftp switches by itself)
     assert set(outcome.data_verbs()) == {cell.case.mode.value}, outcome.show()
     if cell.op == "retr":
