@@ -125,6 +125,9 @@ class Found(NamedTuple):
     # segment since has been queued. False: never met, and only whole login lines passed
     # unqueued (the kernel's skip rule, alg/kernel/rules_skip.py).
     watched: bool = True
+    # Unwatched, and the kernel's passive rules let a PASV/EPSV/LPSV pass that no transfer
+    # has used yet (the passive bit): a passive data port is in effect.
+    passive: bool = False
 
 
 class NotFound(NamedTuple):

@@ -275,13 +275,13 @@ class Gateway:
             return None
         # Only payload is queued: a session seen from its start shows the server's greeting
         # first. A connection never watched before had at most its login lines pass
-        # unqueued (the kernel's skip rule); a watched one was joined mid-stream (a restart,
-        # a failover).
+        # unqueued (the kernel's skip rule), and its passive exchanges if it has no DNAT
+        # (the passive rules; the passive bit says a passive data port is in effect). A
+        # watched one was joined mid-stream (a restart, a failover).
         fresh = bool(first.flags & SYN) or first.payload.startswith(b"220")
         records = (found.seqadj_original, found.seqadj_reply)
-        session = Session(
-            self._ctx, (orig, reply), first.version, now, records, fresh, not found.watched
-        )
+        from_login = not found.watched and not found.passive
+        session = Session(self._ctx, (orig, reply), first.version, now, records, fresh, from_login)
         session.conn_id = found.conn_id
         self._sessions[session.id] = session
         self._index(session)

@@ -48,7 +48,8 @@ States (one per session)
 
 A session joined mid-stream (after a restart or failover) starts in COMMANDS. So does one
 whose login lines the kernel let pass unqueued (alg/kernel/rules_skip.py), but knowing that
-no data port is in effect yet.
+no data port is in effect yet; unless the kernel's passive rules also let a PASV of a
+connection without DNAT pass, which no transfer has used yet (the passive bit): then one is.
 """
 
 from __future__ import annotations

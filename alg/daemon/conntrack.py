@@ -22,6 +22,7 @@ from alg.kernel import messages as m
 from alg.kernel.ctnetlink import Ctnetlink
 from alg.kernel.cttypes import Conntrack, CtnetlinkError, ExpectationExists, SeqAdj, Tuple
 from alg.kernel.rules import ANCHOR_HELPER
+from alg.kernel.rules_skip import passive_bits
 
 log = logging.getLogger("ftp-alg")
 _TCP = 6
@@ -68,12 +69,15 @@ class ConntrackAdapter:
         rng: random.Random | None = None,
         counters: Counter[str] | None = None,
         watch_mark: int = 0,
+        passive_mark: int = 0,
     ) -> None:
         """`watch_mark`: the connmark bits that say a daemon watches the connection (the
         rules' skip rule lets login lines of unwatched ones pass unqueued): each look-up
-        sets them. 0: none."""
+        sets them. 0: none. `passive_mark`: the two bits the passive rules keep (a PASV is in
+        effect when the lower alone is set), read, never written."""
         self.ct = ct
         self.watch_mark = watch_mark
+        self.passive_mark = passive_mark
         self.tries = tries
         self.port_range = port_range
         self.rng = rng or random.Random()
@@ -114,6 +118,8 @@ class ConntrackAdapter:
             conn_id=entry.id,
             closed=entry.tcp_state in _CLOSED,
             watched=not self.watch_mark or bool(entry.mark & self.watch_mark),
+            passive=bool(self.passive_mark)
+            and entry.mark & self.passive_mark == passive_bits(self.passive_mark)[0],
         )
 
     def _get(self, seen: Tuple) -> Conntrack | None:

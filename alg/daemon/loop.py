@@ -50,6 +50,7 @@ class Daemon:
             (low, high),
             counters=self.counters,
             watch_mark=settings.watch_mark,
+            passive_mark=settings.passive_mark if settings.watch_mark else 0,
         )
         # With the skip rule, plain replies pass unqueued: holes in reply streams are normal.
         core = replace(settings.core, replies_unqueued=bool(settings.watch_mark))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from alg.core import Config
-from alg.kernel.rules_skip import DEFAULT_WATCH_MARK
+from alg.kernel.rules_skip import DEFAULT_PASSIVE_MARK, DEFAULT_WATCH_MARK
 
 DEFAULT_STATUS_SOCKET = "/run/ftp-alg/status.sock"
 DEFAULT_CONFIG = "/etc/ftp-alg/ftp-alg.toml"
@@ -59,6 +59,9 @@ class Settings:
     # The connmark bits that say the daemon watches a connection (alg/kernel/rules_skip.py):
     # `rules apply` reads the same config for its skip rule. 0: no skip rule, no mark.
     watch_mark: int = DEFAULT_WATCH_MARK
+    # The two connmark bits that say a passive command of an unwatched connection without
+    # DNAT passed unqueued (alg/kernel/rules_skip.py, the passive rules); 0: those are queued.
+    passive_mark: int = DEFAULT_PASSIVE_MARK
     # Bounded tries at a random outside port when the inside one is taken on the router.
     port_tries: int = 16
     port_range: tuple[int, int] = (1024, 65535)
@@ -116,6 +119,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "busy_poll_us": (0, 1_000_000),
     "port_tries": (1, 1024),
     "watch_mark": (0, 0xFFFFFFFF),
+    "passive_mark": (0, 0xFFFFFFFF),
 }
 
 
@@ -269,6 +273,10 @@ def load(path: str | None, overrides: dict[str, Any]) -> Settings:
     first, count = flat.get("queue_num", 0), flat.get("queue_count", 1)
     if first + count > 65536:
         raise SettingsError(f"queues {first}..{first + count - 1} exceed queue number 65535")
+    watch = flat.get("watch_mark", DEFAULT_WATCH_MARK)
+    passive = flat.get("passive_mark", DEFAULT_PASSIVE_MARK)
+    if passive and (passive.bit_count() != 2 or passive & watch):
+        raise SettingsError("passive_mark must be 0 or two bits that watch_mark does not use")
     core = Config(**{k: _core_value(k, v) for k, v in flat.items() if k in CORE_OPTIONS})
     if "control_ports" not in flat:
         core = replace(core, control_ports=Settings().core.control_ports)

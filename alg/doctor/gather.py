@@ -58,7 +58,11 @@ def _options(settings: Settings, status: dict[str, Any] | None) -> RuleOptions:
         count = int(status.get("queues", count))
     balance = (first, first + count - 1) if count > 1 else None
     return RuleOptions(
-        queue_num=first, ports=ports, queue_balance=balance, watch_mark=settings.watch_mark
+        queue_num=first,
+        ports=ports,
+        queue_balance=balance,
+        watch_mark=settings.watch_mark,
+        passive_mark=settings.passive_mark,
     )
 
 

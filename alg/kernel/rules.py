@@ -13,7 +13,7 @@ from typing import Literal
 
 from alg.core.config import DEFAULT_CONTROL_PORTS
 from alg.kernel.rules_ftps import SET_PREFIX, FtpsRange, create_set, dnat_rule
-from alg.kernel.rules_skip import DEFAULT_WATCH_MARK, skip_rule
+from alg.kernel.rules_skip import DEFAULT_PASSIVE_MARK, DEFAULT_WATCH_MARK, passive_rules, skip_rule
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,9 @@ class RuleOptions:
     ftps: tuple[FtpsRange, ...] = ()  # declared FTPS ranges (daemon config), none by default
     # The daemon's watch_mark: login lines of connections without it pass unqueued (0: off).
     watch_mark: int = DEFAULT_WATCH_MARK
+    # The daemon's passive_mark: passive exchanges of unwatched connections without DNAT pass
+    # unqueued (0, or watch_mark 0: off).
+    passive_mark: int = DEFAULT_PASSIVE_MARK
 
     def __post_init__(self) -> None:
         if not self.ports or len(self.ports) > MAX_PORTS:
@@ -124,6 +127,12 @@ class RuleOptions:
             raise ValueError("families must be 4 and/or 6")
         if not 0 <= self.watch_mark <= 0xFFFFFFFF:
             raise ValueError("watch_mark must be a 32-bit mask")
+        if self.passive_mark and (
+            self.passive_mark.bit_count() != 2
+            or self.passive_mark > 0xFFFFFFFF
+            or self.passive_mark & self.watch_mark
+        ):
+            raise ValueError("passive_mark must be two connmark bits apart from watch_mark")
 
 
 # --- iptables --------------------------------------------------------------------------------
@@ -178,6 +187,8 @@ def iptables_rules(opts: RuleOptions, family: int = 4) -> dict[Chain, tuple[tupl
     if opts.watch_mark:
         mark = opts.watch_mark
         skip = (skip_rule(family, True, to_ports, mark), skip_rule(family, False, from_ports, mark))
+        if opts.passive_mark:
+            skip = (*passive_rules(family, to_ports, from_ports, mark, opts.passive_mark), *skip)
     return {
         RAW_IN: (anchor,),
         RAW_OUT: (anchor,),
@@ -271,7 +282,7 @@ def shell_line(step: Step) -> str:
 
 
 def _quote(arg: str) -> str:
-    return f"'{arg}'" if " " in arg else arg
+    return f"'{arg}'" if " " in arg or "|" in arg else arg
 
 
 def _comment(text: str) -> str:

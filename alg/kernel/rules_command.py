@@ -58,29 +58,31 @@ def _options(parser: argparse.ArgumentParser) -> None:
         "--config",
         metavar="FILE",
         help="the daemon's config: its ftps_passive_ports/ftps_active_ports add the FTPS range"
-        " DNAT rules, its watch_mark is the skip rule's (default: $FTP_ALG_CONFIG, else"
+        " DNAT rules, its watch_mark and passive_mark are the skip rules' (default:"
+        " $FTP_ALG_CONFIG, else"
         " /etc/ftp-alg/ftp-alg.toml if present)",
     )
 
 
-def _from_config(path: str | None) -> tuple[tuple[FtpsRange, ...], int]:
+def _from_config(path: str | None) -> tuple[tuple[FtpsRange, ...], int, int]:
     """What the daemon's config says the rules need: its FTPS ranges (none without a config
-    file) and its watch mark (the skip rule must test the bits the daemon sets)."""
+    file), its watch mark (the skip rule must test the bits the daemon sets) and its passive
+    mark (the bit the daemon reads)."""
     from alg.daemon.settings import Settings, config_default, load
 
     path = path or config_default()
     if path is None:
-        return (), Settings().watch_mark
+        return (), Settings().watch_mark, Settings().passive_mark
     try:
         settings = load(path, {})
     except OSError as exc:
         raise ValueError(f"cannot read the config {path}: {exc.strerror}") from None
     ranges = ranges_from(settings.ftps_passive_ports, settings.ftps_active_ports)
-    return ranges, settings.watch_mark
+    return ranges, settings.watch_mark, settings.passive_mark
 
 
 def _rule_options(args: argparse.Namespace) -> rules.RuleOptions:
-    ftps, watch_mark = _from_config(args.config)
+    ftps, watch_mark, passive_mark = _from_config(args.config)
     return rules.RuleOptions(
         queue_num=args.queue_num,
         ports=parse_ports(args.ports),
@@ -88,6 +90,7 @@ def _rule_options(args: argparse.Namespace) -> rules.RuleOptions:
         families=_FAMILIES[args.family],
         ftps=ftps,
         watch_mark=watch_mark,
+        passive_mark=passive_mark,
     )
 
 

@@ -54,6 +54,7 @@ CLIENT_PREFIXES = (
     b"cdup",
     b"xpwd",
     b"cwd ",
+    b"quit",  # a connection nobody watches has no session to close
 )
 # Server replies that start a skippable segment: a single-line reply with one of these codes.
 # Login (RFC 959 5.4): 220, 230, 331, 332, 215, 200, 202, 250, 257. Transfers and files:
@@ -87,6 +88,25 @@ CLIENT_WORDS = (
 SERVER_WORDS = ("227", "228", "229", "234", "421")
 DEFAULT_WATCH_MARK = 0x01000000
 
+# The passive rules: connections with no DNAT only (a client behind masquerade, or no NAT), and
+# only while no daemon watches them. A passive command there needs nothing of ftp-alg: its
+# 227/228/229 names the server's own address, which no NAT hides, so the policy would leave
+# it unchanged and create no expectation (the client's data connection is an ordinary
+# outgoing one). The kernel remembers in the connmark (passive_mark, two bits) that a passive
+# command passed; while it is in effect the passive reply passes too, and so does the one
+# transfer command that uses it. RFC 959's default data port (a transfer with no PORT/PASV
+# before it) is decided as in the core, so a transfer no passive command covers is queued.
+# A daemon that meets the connection later reads the bits (Found.passive).
+PASSIVE_PREFIXES = (b"pasv", b"epsv", b"lpsv")
+PASSIVE_REPLIES = (b"227 ", b"228 ", b"229 ")
+TRANSFER_PREFIXES = (b"retr", b"stor", b"stou", b"appe", b"list", b"nlst", b"mlsd")
+# A passive command's segment holds no other word the gateway acts on; a transfer's holds no
+# address, passive or AUTH word, nor a second transfer (a line feed before the verb).
+PASSIVE_WORDS = tuple(w for w in CLIENT_WORDS if w.lower().encode() not in PASSIVE_PREFIXES)
+TRANSFER_WORDS = tuple(w for w in CLIENT_WORDS if w.lower().encode() not in TRANSFER_PREFIXES)
+PASSIVE_REPLY_WORDS = ("234", "421")
+DEFAULT_PASSIVE_MARK = 0x06000000  # two bits: see passive_bits
+
 # Classic BPF opcodes (linux/filter.h)
 _LDX_MSH, _LDB_IND, _LDW_IND, _LDB_ABS, _LDH_ABS = 0xB1, 0x50, 0x40, 0x30, 0x28
 _AND, _OR, _RSH, _ADD_X, _ADD, _SUB = 0x54, 0x44, 0x74, 0x0C, 0x04, 0x14
@@ -96,9 +116,12 @@ _JEQ, _JGT_X, _RET = 0x15, 0x2D, 0x06
 Insn = tuple[int, int, int, int]
 
 
-def skip_program(family: int, from_client: bool) -> list[Insn]:
+def skip_program(
+    family: int, from_client: bool, prefixes: tuple[bytes, ...] | None = None
+) -> list[Insn]:
     """The -m bpf program: true for a segment that is whole lines (ends in LF) and starts with
-    one of the direction's prefixes. It sees the packet from its IP header; an IPv6 packet
+    one of `prefixes` (default: the direction's login verbs or plain replies; a command's
+    are compared in lower case). It sees the packet from its IP header; an IPv6 packet
     with extension headers, or a payload shorter than 4 bytes, is no match (queued)."""
     prog: list[tuple[int, int | str, int | str, int]] = []
     if family == 4:
@@ -125,7 +148,8 @@ def skip_program(family: int, from_client: bool) -> list[Insn]:
             (_LDH_ABS, 0, 0, 4),  # payload length after the fixed header
             (_ADD, 0, 0, 40),  # A = total length
         ]
-    prefixes = CLIENT_PREFIXES if from_client else SERVER_PREFIXES
+    if prefixes is None:
+        prefixes = CLIENT_PREFIXES if from_client else SERVER_PREFIXES
     prog += [
         (_JGT_X, 0, "fail", 0),  # some payload
         (_SUB, 0, 0, 1),
@@ -153,13 +177,77 @@ def bytecode(program: list[Insn]) -> str:
     return ",".join([str(len(program)), *(" ".join(map(str, insn)) for insn in program)])
 
 
+def _strings(words: tuple[str, ...]) -> tuple[str, ...]:
+    out: tuple[str, ...] = ()
+    for word in words:  # in the order iptables-save lists them (`ftp-alg doctor` compares)
+        out += ("-m", "string", "!", "--string", word, "--algo", "bm", "--icase")
+    return out
+
+
+def _after_lf(verbs: tuple[bytes, ...]) -> tuple[str, ...]:
+    """No line after the first starts with one of `verbs` (any case), as iptables-save
+    shows a --hex-string."""
+    out: tuple[str, ...] = ()
+    for verb in verbs:
+        hexed = f"|0a{verb.hex()}|"
+        out += ("-m", "string", "!", "--hex-string", hexed, "--algo", "bm", "--icase")
+    return out
+
+
+def passive_bits(mark: int) -> tuple[int, int]:
+    """passive_mark's two bits: (passive, used). The lower says a passive command passed,
+    both that a transfer used it since."""
+    low = mark & -mark
+    return low, mark & ~low
+
+
+def passive_rules(
+    family: int,
+    to_ports: tuple[str, ...],
+    from_ports: tuple[str, ...],
+    watch: int,
+    mark: int,
+) -> tuple[tuple[str, ...], ...]:
+    """The rules that let the passive exchanges of an unwatched connection without DNAT pass
+    (see PASSIVE_PREFIXES). A rule that changes the connmark is followed by one that lets
+    the segment leave the chain, and must still match after the change: hence two bits.
+    - a passive command: passive set, used clear; it passes;
+    - its reply passes while passive is set and used clear;
+    - a transfer: one that finds both bits set (its PASV was used already) clears passive
+      and is queued; one that finds passive alone sets used and passes."""
+    passive, used = passive_bits(mark)
+    every = watch | mark
+    no_dnat: tuple[str, ...] = ("-m", "conntrack", "--ctstate", "ESTABLISHED")
+    no_dnat += ("-m", "conntrack", "!", "--ctstate", "DNAT")
+
+    def state(value: int) -> tuple[str, ...]:
+        return ("-m", "connmark", "--mark", f"{value:#x}/{every:#x}")
+
+    def program(from_client: bool, prefixes: tuple[bytes, ...]) -> tuple[str, ...]:
+        return ("-m", "bpf", "--bytecode", bytecode(skip_program(family, from_client, prefixes)))
+
+    command = (*to_ports, *no_dnat, "-m", "connmark", "--mark", f"0x0/{watch:#x}")
+    command += (*program(True, PASSIVE_PREFIXES), *_strings(PASSIVE_WORDS))
+    reply = (*from_ports, *no_dnat, *state(passive), *program(False, PASSIVE_REPLIES))
+    reply += _strings(PASSIVE_REPLY_WORDS)
+    transfer = (*program(True, TRANSFER_PREFIXES), *_strings(TRANSFER_WORDS))
+    transfer += _after_lf(TRANSFER_PREFIXES)
+    spent = (*to_ports, *no_dnat, *state(mark), *transfer)
+    fresh = (*to_ports, *no_dnat, *state(passive), *transfer)
+    return (
+        (*command, "-j", "CONNMARK", "--set-xmark", f"{passive:#x}/{mark:#x}"),
+        (*command, "-j", "RETURN"),
+        (*reply, "-j", "RETURN"),
+        (*spent, "-j", "CONNMARK", "--set-xmark", f"0x0/{passive:#x}"),
+        (*fresh, "-j", "CONNMARK", "--set-xmark", f"{used:#x}/{used:#x}"),
+        (*spent, "-j", "RETURN"),
+    )
+
+
 def skip_rule(family: int, from_client: bool, ports: tuple[str, ...], mark: int) -> tuple[str, ...]:
     """The rule that lets a skippable segment leave the chain before the queue rule: a
     command only while the connection lacks the watch bit `mark`, a reply always."""
-    words = CLIENT_WORDS if from_client else SERVER_WORDS
-    strings: tuple[str, ...] = ()
-    for word in words:  # in the order iptables-save lists them (`ftp-alg doctor` compares)
-        strings += ("-m", "string", "!", "--string", word, "--algo", "bm", "--icase")
+    strings = _strings(CLIENT_WORDS if from_client else SERVER_WORDS)
     unwatched = ("-m", "connmark", "--mark", f"0x0/{mark:#x}") if from_client else ()
     return (
         *ports,

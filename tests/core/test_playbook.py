@@ -74,6 +74,22 @@ def test_default_data_port_only_for_sessions_seen_from_their_start() -> None:
     pb << (EventKind.SESSION_NEW, Accept(2))  # what was in effect is unknown: nothing done
 
 
+def test_the_kernels_passive_bit_says_whether_a_first_transfer_uses_the_default_port() -> None:
+    """A connection the daemon never met, whose first queued line is a transfer: only login
+    lines passed unqueued (no data port set: RFC 959's default port, expected), or also a
+    PASV the kernel's passive rules let pass and marked in the connmark (Found.passive: the
+    transfer uses it, nothing to expect; the next one has the default port again)."""
+    for passive in (False, True):
+        pb = Playbook(Gateway())
+        pb.client(b"RETR f\r\n") << (Lookup(pb.original),)
+        pb.answer(pb.found(pb.original, watched=False, passive=passive))
+        if passive:
+            pb << (EventKind.SESSION_NEW, Accept(1))
+            pb.client(b"LIST\r\n") << (Reserve,)
+        else:
+            pb << (EventKind.SESSION_NEW, Reserve)
+
+
 def test_a_connection_without_the_anchor_passes_untouched() -> None:
     pb = started(anchored=False)
     pb << (EventKind.UNTRACKED, Accept(1))

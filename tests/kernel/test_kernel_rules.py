@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -48,17 +49,34 @@ def test_queue_placement_and_anchor_order() -> None:
             *("-j", "CT", "--helper", "sane"),
         )
         assert raw_in == (anchor,) and raw_out == (anchor,)
+        client, server = (True, False), (False, True)
         assert [("--dports" in r, "--sports" in r) for r in mangle] == [
-            (True, False),
-            (False, True),
-            (True, False),
-            (False, True),
+            *(client, client, server, client, client, client),
+            *(client, server, client, server),
         ]
-        skips, queues = mangle[:2], mangle[2:]
+        passive, skips, queues = mangle[:6], mangle[6:8], mangle[8:]
         for rule in mangle:
             assert rule[rule.index("--ctstate") + 1] == "ESTABLISHED"
-        # Login lines of connections the daemon has not met, and plain replies of any,
-        # pass first (rules_skip.py) ...
+        # The passive exchanges of unwatched connections without DNAT pass first: the
+        # passive command sets the passive bit, its reply and transfer need it (and no watch
+        # bit), the transfer marks it used (rules_skip.py) ...
+        marks = [r[r.index("--mark") + 1] for r in passive]
+        spent, fresh = "0x6000000/0x7000000", "0x2000000/0x7000000"
+        assert marks == ["0x0/0x1000000"] * 2 + [fresh, spent, fresh, spent]
+        for rule in passive:
+            at = rule.index("DNAT")
+            assert rule[at - 3 : at] == ("conntrack", "!", "--ctstate")
+        assert [r[r.index("-j") :] for r in passive] == [
+            ("-j", "CONNMARK", "--set-xmark", "0x2000000/0x6000000"),
+            ("-j", "RETURN"),
+            ("-j", "RETURN"),
+            ("-j", "CONNMARK", "--set-xmark", "0x0/0x2000000"),
+            ("-j", "CONNMARK", "--set-xmark", "0x4000000/0x4000000"),
+            ("-j", "RETURN"),
+        ]
+        assert passive[0][:-4] == passive[1][:-2] and passive[3][:-4] == passive[5][:-2]
+        # ... then login lines of connections the daemon has not met, and plain replies of
+        # any ...
         for rule, from_client in zip(skips, (True, False), strict=True):
             assert ("--mark" in rule) is from_client
             if from_client:
@@ -217,13 +235,16 @@ def test_apply_twice_then_remove_restores_every_table(lab: Lab) -> None:
                 f"-A FTP_ALG_OUT {ports} --dports 21,2121 -j CT --helper sane",
             ]
             listed = [line for line in mangle if line.startswith("-A FTP_ALG ")]
-            assert listed[2:] == [
+            assert listed[8:] == [
                 f"-A FTP_ALG {ports} --dports 21,2121 {queue}",
                 f"-A FTP_ALG {ports} --sports 21,2121 {queue}",
             ]
+            # the passive rules read back token for token as rendered (`ftp-alg doctor`)
+            rendered = rules.iptables_rules(rules.RuleOptions(), family)[rules.MANGLE_POST]
+            assert [tuple(shlex.split(line)[2:]) for line in listed[:6]] == list(rendered[:6])
             established = "-m conntrack --ctstate ESTABLISHED"
             for line, side, from_client in zip(
-                listed[:2], ("--dports", "--sports"), (True, False), strict=True
+                listed[6:8], ("--dports", "--sports"), (True, False), strict=True
             ):
                 unwatched = " -m connmark --mark 0x0/0x1000000" if from_client else ""
                 skip = established + unwatched
@@ -238,7 +259,8 @@ def test_apply_twice_then_remove_restores_every_table(lab: Lab) -> None:
             assert f"# {tool} -t mangle\n" in shown.stdout
         # per family: the anchor in PREROUTING and OUTPUT, the match on both queue rules
         assert shown.stdout.count("-j CT --helper sane") == 4
-        assert shown.stdout.count("--ctstate ESTABLISHED") == 8  # and on both skip rules
+        # and on both skip rules and the 6 passive rules
+        assert shown.stdout.count("--ctstate ESTABLISHED") == 20
         assert shown.stdout.count("-j NFQUEUE") == 4  # one per direction, per family
 
         done = lab.ftp_alg("rules", "remove")
@@ -403,7 +425,10 @@ def test_queue_placement_in_the_kernel(lab: Lab, path: str) -> None:
             raw_out = _rule_packets(lab, tool, "raw", "FTP_ALG_OUT")
             mangle = _rule_packets(lab, tool, "mangle", "FTP_ALG")
             original, reply = _acct(lab, f"ipv{family}", sport)
-            if (original >= 4 and reply >= 4) or time.monotonic() > deadline:
+            # the two counts are read one after the other: a last ACK may fall between
+            anchored = (raw_out if client_ns == "router" else raw_in)[0][1]
+            settled = original >= 4 and reply >= 4 and anchored == original
+            if settled or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
         # SYN, ACK, data, FIN, ACK one way; SYN-ACK, ACKs, data, FIN the other, at least
@@ -412,7 +437,10 @@ def test_queue_placement_in_the_kernel(lab: Lab, path: str) -> None:
         # stands between the ends, so there is nothing to rewrite in them). The 200 is a login
         # line to the skip rule: no daemon marked the connection watched, so it passes.
         replies = 0 if client_ns == "router" else 1
-        assert mangle == [("RETURN", 0), ("RETURN", replies), ("NFQUEUE", 1), ("NFQUEUE", 0)]
+        passive = [("CONNMARK", 0), ("RETURN", 0), ("RETURN", 0)]
+        passive += [("CONNMARK", 0), ("CONNMARK", 0), ("RETURN", 0)]
+        skip = [("RETURN", 0), ("RETURN", replies), ("NFQUEUE", 1), ("NFQUEUE", 0)]
+        assert mangle == passive + skip
         assert raw_out == [("CT", original if client_ns == "router" else 0)]
         assert raw_in == [("CT", 0 if client_ns == "router" else original)]
     finally:

@@ -21,13 +21,19 @@ from alg.daemon.conntrack import ConntrackAdapter, to_key
 from alg.kernel.ctnetlink import Ctnetlink
 from alg.kernel.cttypes import Tuple
 from alg.kernel.rules import PAYLOAD_BPF, TOOLS
-from alg.kernel.rules_skip import DEFAULT_WATCH_MARK, skip_rule
+from alg.kernel.rules_skip import (
+    DEFAULT_PASSIVE_MARK,
+    DEFAULT_WATCH_MARK,
+    passive_rules,
+    skip_rule,
+)
 from alg.lab import netns
 
 pytestmark = pytest.mark.netns
 
 PORT = 2100
-MARK = DEFAULT_WATCH_MARK
+FORWARDED = 2199  # nat OUTPUT sends it on to PORT: a DNAT connection
+MARK, PASSIVE = DEFAULT_WATCH_MARK, DEFAULT_PASSIVE_MARK
 # (from the client, payload, queued?)
 CASES = [
     (True, b"USER anonymous\r\n", False),
@@ -45,6 +51,7 @@ CASES = [
     (True, b"PORT 1,2,3,4,5,6\r\n", True),
     (True, b"LIST\r\n", True),
     (True, b"FEAT\r\n", True),  # not a verb of the list
+    (True, b"QUIT\r\n", False),
     (False, b"220 hi\r\n", False),
     (False, b"331 pw\r\n", False),
     (False, b"200 PORT ok\r\n", False),  # "PORT" is a client word only
@@ -75,9 +82,17 @@ def ns() -> Iterator[str]:
             ipt = [tool, "-w", "-t", "mangle"]
             netns.run_in(name, *ipt, "-N", "T")
             netns.run_in(name, *ipt, "-A", "POSTROUTING", "-p", "tcp", "-j", "T")
-            for from_client, side in ((True, "--dport"), (False, "--sport")):
-                ports = ("-p", "tcp", side, str(PORT))
+            to_ports = ("-p", "tcp", "--dport", str(PORT))
+            from_ports = ("-p", "tcp", "--sport", str(PORT))
+            for rule in passive_rules(family, to_ports, from_ports, MARK, PASSIVE):
+                netns.run_in(name, *ipt, "-A", "T", *rule)
+            for from_client, ports in ((True, to_ports), (False, from_ports)):
                 netns.run_in(name, *ipt, "-A", "T", *skip_rule(family, from_client, ports, MARK))
+            # a port forward on loopback: REDIRECT is a DNAT to conntrack (--ctstate DNAT)
+            forward = ("-p", "tcp", "--dport", str(FORWARDED), "-j", "REDIRECT")
+            netns.run_in(
+                name, tool, "-w", "-t", "nat", "-A", "OUTPUT", *forward, "--to-ports", str(PORT)
+            )
             payload = ("-m", "bpf", "--bytecode", PAYLOAD_BPF[family])
             netns.run_in(name, *ipt, "-A", "T", "-p", "tcp", *payload)
         yield name
@@ -90,11 +105,12 @@ def _queued(ns: str, family: int) -> int:
     return int(listed.stdout.splitlines()[-1].split()[0])  # the counting rule comes last
 
 
-def _pair(ns: str, family: int) -> tuple[socket.socket, socket.socket]:
+def _pair(ns: str, family: int, port: int = PORT) -> tuple[socket.socket, socket.socket]:
+    """A connected (client, server) pair; `port` FORWARDED goes through the port forward."""
     af, addr = (socket.AF_INET, "127.0.0.1") if family == 4 else (socket.AF_INET6, "::1")
     with netns.enter(ns):
         server = socket.create_server((addr, PORT), family=af)
-        client = socket.create_connection((addr, PORT), timeout=5)
+        client = socket.create_connection((addr, port), timeout=5)
     conn, _ = server.accept()
     server.close()
     for s in (client, conn):
@@ -153,3 +169,66 @@ def test_the_watch_bit_the_daemons_look_up_sets_queues_every_line(ns: str, famil
         assert _send(ns, family, client, server, b"PASS secret\r\n")
         assert not _send(ns, family, server, client, b"230 ok\r\n")  # replies: whatever the bit
         assert _send(ns, family, server, client, b"227 Entering (1,2,3,4,5,6)\r\n")
+
+
+# (from the client, payload, queued?) in order on one unwatched connection without DNAT
+PASSIVE_CASES = [
+    (False, b"227 Entering (1,2,3,4,5,6)\r\n", True),  # no PASV passed: unsolicited
+    (True, b"LIST\r\n", True),  # no PASV passed: RFC 959's default data port
+    (True, b"PASV\r\n", False),  # sets the passive bit
+    (False, b"227 Entering (1,2,3,4,5,6)\r\n", False),
+    (True, b"LIST\r\n", False),  # uses the PASV: clears the bit
+    (False, b"150 ok\r\n", False),
+    (False, b"227 Entering (1,2,3,4,5,6)\r\n", True),  # the bit is clear
+    (True, b"RETR f\r\n", True),  # the default data port again
+    (True, b"epsv\r\n", False),
+    (False, b"229 Entering (|||5001|)\r\n", False),
+    (True, b"LIST\r\nRETR f\r\n", True),  # the second transfer: default data port
+    (True, b"PASV\r\nLIST\r\n", True),  # pipelined: the daemon reads both
+    (True, b"PASV\r\n", False),
+    (False, b"227 Entering (1,2,3,4,5,6)\r\n234 x\r\n", True),  # a word it acts on
+    (True, b"STOR f\r\nPORT 1,2,3,4,5,6\r\n", True),
+    (True, b"PASV\r\n", False),
+    (True, b"STOR f\r\n", False),
+    (True, b"PASV PORT\r\n", True),
+]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_passive_exchanges_of_an_unwatched_connection_without_dnat_pass(
+    ns: str, family: int
+) -> None:
+    """The passive rules: a PASV/EPSV sets the passive bit, the reply passes while it is
+    set, the one transfer that uses it passes and clears it; anything the default data port
+    or an address depends on is queued. The bit is in the connmark the daemon reads."""
+    client, server = _pair(ns, family)
+    with client, server:
+        got = []
+        for from_client, data, _ in PASSIVE_CASES:
+            pair = (client, server) if from_client else (server, client)
+            got.append((data, _send(ns, family, *pair, data)))
+        host, sport = client.getsockname()[:2]
+        original = Tuple(family, 6, host, client.getpeername()[0], sport, PORT)
+        assert not _send(ns, family, client, server, b"PASV\r\n")  # sets the bit
+        with netns.enter(ns):
+            ct = Ctnetlink()
+        with ct:
+            adapter = ConntrackAdapter(ct, 1, (1024, 65535), watch_mark=MARK, passive_mark=PASSIVE)
+            found = adapter.lookup(to_key(original))
+        assert getattr(found, "passive", False) and not getattr(found, "watched", True)
+        # watched now: every command is queued, and so is the passive reply
+        assert _send(ns, family, client, server, b"PASV\r\n")
+        assert _send(ns, family, server, client, b"227 Entering (1,2,3,4,5,6)\r\n")
+        assert _send(ns, family, client, server, b"LIST\r\n")
+    assert got == [(data, queued) for _, data, queued in PASSIVE_CASES]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_passive_exchanges_of_a_port_forward_are_queued(ns: str, family: int) -> None:
+    """Through a port forward (DNAT) the 227 names the inside server: it must be rewritten."""
+    client, server = _pair(ns, family, FORWARDED)
+    with client, server:
+        assert _send(ns, family, client, server, b"USER x\r\n") is False  # the login rule
+        assert _send(ns, family, client, server, b"PASV\r\n")
+        assert _send(ns, family, server, client, b"227 Entering (1,2,3,4,5,6)\r\n")
+        assert _send(ns, family, client, server, b"LIST\r\n")
