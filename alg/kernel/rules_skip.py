@@ -3,10 +3,11 @@ without queueing it when nothing in it can matter to ftp-alg.
 
 Each queued segment costs the daemon a wake-up, a look at the packet and a verdict (the kernel
 forwards the packet inside that call), and most lines of a session matter to nobody: the
-login, and the server's plain replies (200, 150, 226, 250, 550, ...). Two rules:
+login, and the server's plain replies (200, 150, 226, 250, 550, ...). Three kinds of rule:
 
 - **Login lines** (both directions), until the daemon first meets a connection: the greeting,
-  USER, PASS, SYST, TYPE and their plain replies. The client's rule requires that the
+  USER, PASS, SYST, TYPE and their plain replies, and a QUIT (no session to close). The
+  client's rule requires that the
   connection lacks the watch bit in its connmark. The daemon sets the bit (ctnetlink, CTA_MARK
   with CTA_MARK_MASK) when it first looks the connection up, in the same round trip and
   before the verdict of its first segment, so from then on every command is queued and the
@@ -20,7 +21,10 @@ login, and the server's plain replies (200, 150, 226, 250, 550, ...). Two rules:
   (alg.core.session, `Session._unqueued`), and how the server's acks of a rewritten PORT,
   carried on skipped replies, are made up for (alg.core.stream, `Stream.answered`).
 
-A segment passes unqueued only when all of these hold:
+- **Passive exchanges** of a connection without DNAT that the daemon has not met: the passive
+  command, its reply, and the one transfer that uses it (`passive_rules`, below).
+
+A segment passes the login or plain-reply rule only when all of these hold:
 
 - it ends in a line feed (a line split over segments is queued: its rest may follow);
 - it starts with one of the verbs or reply codes below (-m bpf: a continuation of a split line
@@ -31,10 +35,12 @@ A segment passes unqueued only when all of these hold:
   segment has it queued;
 - for a command: the connection lacks the watch bit.
 
-So what the daemon never sees of a command stream is a run of login lines at its start: its
-first segment finds a session that is logged in, with no command waiting and no data port set.
-A daemon that meets a connection whose bit is set (restarted, or the standby after a failover)
-knows it joined mid-stream. `watch_mark = 0` in the config turns both rules and the bit off.
+So what the daemon never sees of a command stream is a run of login lines at its start, and
+on a connection without DNAT passive exchanges among them: its first segment finds a session
+that is logged in, with no command waiting, and a data port set only if the passive bits say
+so. A daemon that meets a connection whose watch bit is set (restarted, or the standby after
+a failover) knows it joined mid-stream. `watch_mark = 0` in the config turns all the rules and
+the bits off, `passive_mark = 0` the passive rules.
 """
 
 from __future__ import annotations

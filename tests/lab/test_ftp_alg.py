@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import ftplib
+import hashlib
 import json
 import os
 import re
@@ -160,6 +161,45 @@ def test_daemon_killed_mid_session_then_restarted(alg: LabHandle) -> None:
     ftp.set_pasv(False)
     with netns.enter(client):
         assert ONE_MIB in ftp.nlst()  # active: the PORT is rewritten again
+    ftp.quit()
+
+
+def _connmark(lab: LabHandle, ftp: ftplib.FTP) -> int:
+    assert ftp.sock is not None
+    sport = ftp.sock.getsockname()[1]
+    listed = router(lab, "conntrack", "-L", "-p", "tcp", "--orig-port-src", str(sport))
+    marks = re.findall(r"mark=(\d+)", listed)
+    assert len(marks) == 1, listed
+    return int(marks[0])
+
+
+def test_a_passive_session_behind_the_masquerade_never_reaches_the_daemon(
+    alg: LabHandle,
+) -> None:
+    """Login, PASV, RETR, 227: nothing of it is queued (the passive rules; the 227 names
+    the server's public address), the file arrives whole, and the connmark carries the
+    passive bits. The same connection's PORT then is queued and rewritten: the daemon meets
+    the connection there, reads the bits (the PASV was used) and watches it from then on."""
+    before = status(alg)["counters"]
+    assert isinstance(before, dict)
+    client = alg.ns("client")
+    ftp = _ftp_in(client)
+    digest = hashlib.sha256()
+    with netns.enter(client):
+        ftp.retrbinary(f"RETR {ONE_MIB}", digest.update)
+    assert digest.hexdigest() == served_sha(alg)
+    middle = status(alg)["counters"]
+    assert isinstance(middle, dict)
+    assert middle.get("packets", 0) == before.get("packets", 0), middle
+    assert _connmark(alg, ftp) & 0x07000000 == 0x06000000  # passive, used; not watched
+    ftp.set_pasv(False)
+    with netns.enter(client):
+        assert ONE_MIB in ftp.nlst()
+    after = status(alg)["counters"]
+    assert isinstance(after, dict)
+    for name in ("session-new", "rewrite.port"):
+        assert after.get(name, 0) == middle.get(name, 0) + 1, after
+    assert _connmark(alg, ftp) & 0x01000000  # watched
     ftp.quit()
 
 
