@@ -67,7 +67,7 @@ def _options(parser: argparse.ArgumentParser) -> None:
 def _from_config(path: str | None) -> tuple[tuple[FtpsRange, ...], int, int]:
     """What the daemon's config says the rules need: its FTPS ranges (none without a config
     file), its watch mark (the skip rule must test the bits the daemon sets) and its passive
-    mark (the bit the daemon reads)."""
+    mark (the bits the passive rules keep and the daemon reads)."""
     from alg.daemon.settings import Settings, config_default, load
 
     path = path or config_default()

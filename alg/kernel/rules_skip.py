@@ -7,11 +7,10 @@ login, and the server's plain replies (200, 150, 226, 250, 550, ...). Three kind
 
 - **Login lines** (both directions), until the daemon first meets a connection: the greeting,
   USER, PASS, SYST, TYPE and their plain replies, and a QUIT (no session to close). The
-  client's rule requires that the
-  connection lacks the watch bit in its connmark. The daemon sets the bit (ctnetlink, CTA_MARK
-  with CTA_MARK_MASK) when it first looks the connection up, in the same round trip and
-  before the verdict of its first segment, so from then on every command is queued and the
-  command stream has no holes.
+  client's rule requires that the connection lacks the watch bit in its connmark. The daemon
+  sets the bit (ctnetlink, CTA_MARK with CTA_MARK_MASK) when it first looks the connection
+  up, in the same round trip and before the verdict of its first segment, so from then on
+  every command is queued and the command stream has no holes.
 - **Plain replies** (server to client), always: a reply stream may have holes anywhere. The
   core reads a hole in it as lines that passed (`Config.replies_unqueued`): every skipped
   segment is whole lines, so the next queued one starts a line. The replies that matter
@@ -217,6 +216,7 @@ def passive_rules(
     """The rules that let the passive exchanges of an unwatched connection without DNAT pass
     (see PASSIVE_PREFIXES). A rule that changes the connmark is followed by one that lets
     the segment leave the chain, and must still match after the change: hence two bits.
+
     - a passive command: passive set, used clear; it passes;
     - its reply passes while passive is set and used clear;
     - a transfer: one that finds both bits set (its PASV was used already) clears passive
