@@ -67,9 +67,9 @@ class LabHandle:
         """INVALID packets of FTP control connections (vsftpd's and pyftpdlib's port) that the
         router forwarded, IPv4 and IPv6: a test-owned counting rule in the router's mangle
         FORWARD chain, added on first use and gone with the lab. conntrack -S's global counter
-        also counts the data connections' close races, which come and go with the machine's
-        load and are neither gateway's doing (a loaded CI host showed them for the kernel
-        helper as well)."""
+        also counts every other connection through the router (data connections, what is
+        left of earlier tests): on a loaded CI host it moved during kernel-helper cells too,
+        which a quiet machine never reproduced."""
         ports = f"{self.topo.ftp['vsftpd_port']},{self.topo.ftp['pyftpdlib_port']}"
         rule = ["FORWARD", "-p", "tcp", "-m", "multiport", "--ports", ports]
         rule += ["-m", "conntrack", "--ctstate", "INVALID"]
