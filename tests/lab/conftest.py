@@ -10,14 +10,13 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from alg.lab import backend, state
+from alg.lab import backend, netns, state
 from alg.lab.demo import clients
 from alg.lab.demo.clients import Outcome
 from alg.lab.demo.scenarios import Case
@@ -74,27 +73,18 @@ class LabHandle:
         rule = ["FORWARD", "-p", "tcp", "-m", "multiport", "--ports", ports]
         rule += ["-m", "conntrack", "--ctstate", "INVALID"]
         rule += ["-m", "comment", "--comment", _INVALID_TAG]
-        total = 0
+        total, router = 0, self.ns(self.topo.router)
         for tool in ("iptables", "ip6tables"):
-            present = self._router([tool, "-t", "mangle", "-C", *rule], check=False)
+            present = netns.run_in(router, tool, "-t", "mangle", "-C", *rule, check=False)
             if present.returncode != 0:
-                self._router([tool, "-t", "mangle", "-A", *rule])
-            saved = self._router([f"{tool}-save", "-c", "-t", "mangle"]).stdout
+                netns.run_in(router, tool, "-t", "mangle", "-A", *rule)
+            saved = netns.run_in(router, f"{tool}-save", "-c", "-t", "mangle").stdout
             counts = [line for line in saved.splitlines() if _INVALID_TAG in line]
             assert len(counts) == 1, saved
             packets = re.match(r"\[(\d+):", counts[0])
             assert packets is not None, counts[0]
             total += int(packets.group(1))
         return total
-
-    def _router(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["ip", "netns", "exec", self.ns(self.topo.router), *argv],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=check,
-        )
 
     def run(
         self,
