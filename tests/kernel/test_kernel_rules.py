@@ -423,8 +423,8 @@ def test_queue_placement_in_the_kernel(lab: Lab, path: str) -> None:
     client.settimeout(5)
     client.bind(("", 0))
     sport = client.getsockname()[1]
-    strays = ("-p", "tcp", "!", "--sport", str(sport), "-m", "multiport", "--dports", "21,2121")
-    strays += ("-m", "comment", "--comment", _STRAYS)
+    strays: tuple[str, ...] = ("-p", "tcp", "!", "--sport", str(sport))
+    strays += ("-m", "multiport", "--dports", "21,2121", "-m", "comment", "--comment", _STRAYS)
     try:
         assert lab.ftp_alg("rules", "apply").returncode == 0
         for hook in ("PREROUTING", "OUTPUT"):

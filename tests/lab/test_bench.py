@@ -32,8 +32,13 @@ POSITIVE = (
     + [f"session_rate.active.{n}.{gw}" for n in (1, 8, 64) for gw in ("kernel", "ftp-alg")]
     + [f"throughput_mb_s.passive.{gw}" for gw in GATEWAYS]
     + [f"throughput_mb_s.active.{gw}" for gw in ("kernel", "ftp-alg")]
+    + [f"session_rate_paired.passive.{gw}" for gw in GATEWAYS]
+    + [f"session_rate_paired.active.{gw}" for gw in ("kernel", "ftp-alg")]
     + [
         "session_rate_ratio",
+        "session_rate_ratio.active",
+        "session_rate_ratio.passive",
+        "batches",
         "throughput_ratio",
         "throughput_ratio.worst_mode",
         "throughput_ratio_vs_kernel",
@@ -88,14 +93,10 @@ def test_figures_agree_with_each_other(bench: tuple[dict[str, float], Path, str]
     f, _, _ = bench
     assert f["added_rtt_p50_us"] == pytest.approx(f["rtt_p50_us.ftp-alg"] - f["rtt_p50_us.kernel"])
     assert f["added_rtt_p99_us"] == pytest.approx(f["rtt_p99_us.ftp-alg"] - f["rtt_p99_us.kernel"])
-    worst = min(
-        f[f"session_rate.{m}.8.ftp-alg"] / f[f"session_rate.{m}.8.kernel"]
-        for m in ("active", "passive")
-    )
-    assert f["session_rate_ratio"] == pytest.approx(worst, rel=1e-2)
-    # like with like: passive over passive, the same NAT path
-    passive = f["throughput_mb_s.passive.ftp-alg"] / f["throughput_mb_s.passive.none"]
-    assert f["throughput_ratio"] == pytest.approx(passive, rel=1e-2)
+    # the worse mode's; how each is reduced from the batches: tests/lab/test_bench_figures.py
+    worst = min(f["session_rate_ratio.active"], f["session_rate_ratio.passive"])
+    assert f["session_rate_ratio"] == worst
+    assert f["batches"] == 2
     # every idle session was logged in through the daemon and tracked by it
     assert f["idle_sessions_tracked"] == f["idle_sessions"]
     # the sessions in progress across a SIGKILL + start all went on (kernel-held offsets)

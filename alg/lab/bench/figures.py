@@ -19,11 +19,12 @@ class Plan:
     seconds: float  # per session-rate measurement
     parallel: tuple[int, ...]
     size_mib: int  # the RETR'd file
-    transfers: int  # RETRs per mode, batch and gateway (throughput.py)
+    transfers: int  # RETRs per mode, batch and gateway (interleaved.py)
     idle: int  # idle sessions held open
     idle_warm: int  # opened before the RSS baseline, so one-time costs are not counted
     survive: int = 20  # sessions in progress across a daemon restart or a failover
-    batches: int = 6  # throughput batches, each visiting every gateway
+    batches: int = 10  # interleaved batches, each visiting every gateway (interleaved.py)
+    pair_seconds: float = 2.0  # per session-rate measurement of a batch
 
 
 FULL = Plan(
@@ -32,7 +33,7 @@ FULL = Plan(
     seconds=3.0,
     parallel=(1, 8, 64),
     size_mib=256,
-    transfers=2,
+    transfers=4,
     idle=1000,
     idle_warm=100,
 )
@@ -47,6 +48,7 @@ QUICK = Plan(
     idle_warm=20,
     survive=5,
     batches=2,
+    pair_seconds=0.5,
 )
 
 
@@ -61,7 +63,9 @@ class Samples:
     rtt: dict[str, list[float]] = field(default_factory=dict)
     rate: dict[tuple[str, int, str], list[float]] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
-    throughput: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    # (mode, gateway) -> one entry a batch of the interleaved phase, in batch order
+    paired_rate: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    throughput: dict[tuple[str, str], list[list[float]]] = field(default_factory=dict)
     # workload -> [user seconds, system seconds, packets queued]
     cpu: dict[str, list[float]] = field(default_factory=dict)
     idle: dict[str, float] = field(default_factory=dict)
@@ -108,6 +112,14 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else math.nan
 
 
+def paired(a: list[float], b: list[float]) -> float:
+    """The median over batches of a[i] / b[i]: each batch's own ratio, so that a drift of the
+    machine's load between batches moves both sides of a ratio, not one side of the figure."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"unpaired batches: {len(a)} against {len(b)}")
+    return statistics.median(_ratio(x, y) for x, y in zip(a, b, strict=True))
+
+
 def figures(s: Samples, plan: Plan) -> dict[str, float]:
     """The printed figures, in print order."""
     out: dict[str, float] = {"rounds": plan.rounds}
@@ -129,36 +141,49 @@ def figures(s: Samples, plan: Plan) -> dict[str, float]:
         for m in MODES
         for n in plan.parallel
     }
-    out["session_rate_ratio"] = min(
-        ratios[(m, 8 if 8 in plan.parallel else plan.parallel[0])] for m in MODES
-    )
+    # The target's figures are paired, batch by batch (interleaved.py); the rounds' ratios of
+    # medians taken minutes apart stay printed per mode and N.
+    by_mode = {
+        m: paired(s.paired_rate[(m, "ftp-alg")], s.paired_rate[(m, "kernel")]) for m in MODES
+    }
+    out["session_rate_ratio"] = min(by_mode.values())
+    for m in MODES:
+        out[f"session_rate_ratio.{m}"] = by_mode[m]
     for (m, n), r in ratios.items():
         out[f"session_rate_ratio.{m}.{n}"] = r
-    # The median of every transfer (batches x transfers): single transfers through veths on a
+    for mode in MODES:
+        for gw in GATEWAYS:
+            if applies(gw, mode):
+                out[f"session_rate_paired.{mode}.{gw}"] = statistics.median(
+                    s.paired_rate[(mode, gw)]
+                )
+    # Medians of every transfer (batches x transfers): single transfers through veths on a
     # shared machine scatter by +-30% both ways, the fastest included.
-    tput = {k: statistics.median(v) for k, v in s.throughput.items()}
+    batch = {k: [statistics.median(b) for b in v] for k, v in s.throughput.items()}
+    every = {k: [x for b in v for x in b] for k, v in s.throughput.items()}
     for mode in MODES:
         for gw in GATEWAYS:
             if applies(gw, mode):
-                out[f"throughput_mb_s.{mode}.{gw}"] = tput[(mode, gw)]
+                out[f"throughput_mb_s.{mode}.{gw}"] = statistics.median(every[(mode, gw)])
     for mode in MODES:
         for gw in GATEWAYS:
             if applies(gw, mode):
-                out[f"throughput_best_mb_s.{mode}.{gw}"] = max(s.throughput[(mode, gw)])
-    # Like with like (throughput.py): the same mode through the same NAT path.
-    plain = tput[("passive", "none")]
-    out["throughput_ratio"] = _ratio(tput[("passive", "ftp-alg")], plain)
-    out["throughput_ratio.worst_mode"] = min(_ratio(tput[(m, "ftp-alg")], plain) for m in MODES)
-    vs_kernel = {m: _ratio(tput[(m, "ftp-alg")], tput[(m, "kernel")]) for m in MODES}
+                out[f"throughput_best_mb_s.{mode}.{gw}"] = max(every[(mode, gw)])
+    # Like with like (interleaved.py): the same mode through the same NAT path, batch by batch.
+    plain = batch[("passive", "none")]
+    out["throughput_ratio"] = paired(batch[("passive", "ftp-alg")], plain)
+    out["throughput_ratio.worst_mode"] = min(paired(batch[(m, "ftp-alg")], plain) for m in MODES)
+    vs_kernel = {m: paired(batch[(m, "ftp-alg")], batch[(m, "kernel")]) for m in MODES}
     out["throughput_ratio_vs_kernel"] = min(vs_kernel.values())
     for m in MODES:
         out[f"throughput_ratio_vs_kernel.{m}"] = vs_kernel[m]
+    out["batches"] = len(plain)
     user, system, packets = (sum(v[i] for v in s.cpu.values()) for i in range(3))
     out["daemon_packets"] = packets
     out["daemon_cpu_us_per_packet"] = _ratio((user + system) * 1e6, packets)
     out["daemon_cpu_us_per_packet.user"] = _ratio(user * 1e6, packets)
     out["daemon_cpu_us_per_packet.system"] = _ratio(system * 1e6, packets)
-    for workload in ("rtt", "sessions"):
+    for workload in ("rtt", "sessions", "interleaved"):
         u, sy, pkts = s.cpu.get(workload, [0.0, 0.0, 0.0])
         out[f"daemon_cpu_us_per_packet.{workload}"] = _ratio((u + sy) * 1e6, pkts)
     # Per complete session (connect, login, PORT or PASV, LIST, QUIT): what reached the

@@ -11,8 +11,9 @@ Per gateway and round:
                       TCP_NODELAY), each exchange timed
   session rate        complete sessions a second: connect, login, PORT or PASV, LIST, QUIT;
                       1, 8 and 64 at once
-Then, in a phase of its own, throughput: a large RETR in active and passive mode, in short
-batches that alternate the gateways (the method and why: alg/lab/bench/throughput.py).
+Then, in a phase of its own, what the ratios compare: in short batches that alternate the
+gateways, the session rate with 8 at once and a large RETR, both modes; each ratio is the median
+of the batches' own ratios (the method and why: alg/lab/bench/interleaved.py).
 With ftp-alg, the daemon's CPU time (utime + stime from /proc/PID/stat) is read around each
 workload and divided by the packets it was queued (its `packets` counter). At the end, on a
 fresh daemon, logged-in sessions are held open idle: the growth of its RSS (VmRSS) per session.
@@ -26,15 +27,21 @@ Plain NAT cannot carry an active-mode session (vsftpd refuses the private PORT a
   added_rtt_p50_us, added_rtt_p99_us  ftp-alg minus the kernel helper
   session_rate.MODE.N.GW              sessions/s with N at once (median over the rounds)
   session_errors.GW                   failed sessions (all modes and N)
-  session_rate_ratio                  ftp-alg / kernel helper with 8 at once, worse mode
-  session_rate_ratio.MODE.N           the same per mode and N
+  session_rate_ratio                  ftp-alg / kernel helper with 8 at once, worse mode;
+                                      median of the interleaved batches' ratios
+  session_rate_ratio.MODE             the same for this mode
+  session_rate_ratio.MODE.N           the rounds' medians' ratio per mode and N (compares
+                                      slots minutes apart: the machine's drift shows in it)
+  session_rate_paired.MODE.GW         sessions/s with 8 at once, median of the batches
   throughput_mb_s.MODE.GW             MB/s (10^6 bytes) of the RETR, median of all transfers
   throughput_best_mb_s.MODE.GW        the fastest of them
   throughput_ratio                    ftp-alg / plain NAT, passive both (the same stream
-                                      through the same NAT; plain NAT has no active mode)
+                                      through the same NAT; plain NAT has no active mode);
+                                      median of the batches' ratios of their medians
   throughput_ratio.worst_mode         ftp-alg's worse mode / plain NAT's passive (what
                                       throughput_ratio was before 2026-12: scatters more)
   throughput_ratio_vs_kernel[.MODE]   ftp-alg / kernel helper, worse mode [this mode]
+  batches                             interleaved batches
   daemon_packets                      packets the daemon was queued during the workloads
   queued_packets_per_session          of them, per complete session of the session workload
   control_packets_per_session         every packet of those sessions' control connections
@@ -43,9 +50,9 @@ Plain NAT cannot carry an active-mode session (vsftpd refuses the private PORT a
   queued_share                        queued / control packets of the session workload
   daemon_cpu_us_per_session           the daemon's CPU time per complete session
   daemon_cpu_us_per_packet            its CPU time per queued packet; .user and .system
-                                      split it, .rtt and .sessions per workload. System time
-                                      includes forwarding the packet on: the kernel does that
-                                      inside the verdict call
+                                      split it, .rtt, .sessions and .interleaved per
+                                      workload. System time includes forwarding the packet
+                                      on: the kernel does that inside the verdict call
   idle_sessions[_tracked]             idle sessions held (and tracked by the daemon)
   idle_session_bytes                  daemon RSS growth per idle logged-in session
   idle_rss_before_bytes, ..._after_   its RSS around them
@@ -77,7 +84,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from alg.lab import backend, netns, state
-from alg.lab.bench import survive, throughput
+from alg.lab.bench import interleaved, survive
 from alg.lab.bench.figures import (
     FULL,
     GATEWAYS,
@@ -213,8 +220,8 @@ def run(
                 say(f"bench: round {rnd + 1}/{plan.rounds}")
                 for gateway in GATEWAYS:
                     slot(bench, gateway, say)
-            say(f"bench: throughput, {plan.batches} batches")
-            throughput.measure(bench, name, say)
+            say(f"bench: interleaved, {plan.batches} batches")
+            interleaved.measure(bench, name, say)
             idle(bench, say)
             survive.restart(bench, say)
     finally:
