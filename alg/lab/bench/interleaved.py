@@ -14,13 +14,19 @@ Hence:
 - Paired: each figure is the median over the batches of that batch's ratio (ftp-alg's sessions
   a second over the kernel helper's, 8 at once; ftp-alg's median transfer over plain NAT's),
   so a slow minute lowers both sides of one ratio instead of one side of the whole figure.
-- A visit runs its session storms first and its transfers after them: the storm's aftermath
-  (exiting server processes, closing connections) falls on the same gateway's transfers, the
-  same for every gateway, and the switch to the next gateway (0.1-3 s) comes between.
+- A visit runs its session storms first and its transfers after them, once the server's
+  session processes of the storms have exited (`Bench.settle`).
 - Like with like: data connections never enter ftp-alg's queue, so `throughput_ratio` is
   ftp-alg's passive transfer over plain NAT's passive one, the same stream over the same NAT
   path; the active mode, which plain NAT cannot carry, is compared with the kernel helper's
   (`throughput_ratio_vs_kernel`).
+- The transfers run on one CPU: the client pinned to it, the server's vsftpd (whose session
+  processes inherit it) too. The router's forwarding of a segment runs in the softirq of the
+  CPU that sent it, so the whole path, the gateway's rules included, is on that CPU, and a
+  transfer measures that path's cost per byte instead of where the scheduler happened to put
+  the two ends. Measured (plain NAT, 12 transfers of 256 MiB): unpinned 1 580-1 790 MB/s
+  median with a coefficient of variation of 0.10-0.24 per transfer; both ends on one CPU
+  1 245-1 295 MB/s with 0.05-0.10; the client alone pinned 0.16-0.24.
 - 256 MiB a transfer, 4 a visit and mode (0.1-0.5 s each): smaller transfers scattered more,
   not less (64 MiB x 8: the ratio's standard deviation 0.09 over 3 runs against 0.04 over 7),
   and carry more of the control exchanges' latency.
@@ -46,7 +52,7 @@ def measure(bench: Bench, path: str, say: Say) -> None:
     order = ORDER if bench.gateway != ORDER[-1] else tuple(reversed(ORDER))
     plan = bench.plan
     for batch in range(plan.batches):
-        shown = []
+        shown, waited = [], []
         for gateway in order if batch % 2 == 0 else tuple(reversed(order)):
             if bench.gateway != gateway:
                 bench.switch(gateway)
@@ -56,12 +62,15 @@ def measure(bench: Bench, path: str, say: Say) -> None:
                     rate = _sessions(bench, mode)
                     bench.samples.paired_rate.setdefault((mode, gateway), []).append(rate)
                     shown.append(f"{gateway} {mode[0]}{PARALLEL}={rate:.0f}/s")
+                waited.append(bench.settle())
                 for mode in modes:
-                    speeds = _retr(bench, path, mode)
+                    with bench.one_core() as cpu:
+                        speeds = _retr(bench, path, mode, cpu)
                     bench.samples.throughput.setdefault((mode, gateway), []).append(speeds)
                     mb_s = "/".join(str(round(s)) for s in speeds)
                     shown.append(f"{gateway} {mode[0]} {mb_s} MB/s")
-        say(f"  batch {batch + 1}/{plan.batches}: {', '.join(shown)}")
+        settled = f"storms settled in {max(waited):.1f} s at most"
+        say(f"  batch {batch + 1}/{plan.batches}: {', '.join(shown)}; {settled}")
 
 
 def _sessions(bench: Bench, mode: str) -> float:
@@ -75,12 +84,12 @@ def _sessions(bench: Bench, mode: str) -> float:
     return float(got["rate"])
 
 
-def _retr(bench: Bench, path: str, mode: str) -> list[float]:
+def _retr(bench: Bench, path: str, mode: str, cpu: int) -> list[float]:
     plan = bench.plan
     flags = ["--path", path, "--count", str(plan.transfers)]
     if mode == "passive":
         flags.append("--passive")
-    runs = bench.probe("retr", *flags, timeout=120 * plan.transfers)["runs"]
+    runs = bench.probe("retr", *flags, timeout=120 * plan.transfers, cpu=cpu)["runs"]
     for run in runs:
         if run["bytes"] != plan.size_mib << 20:
             raise backend.LabError(f"RETR {path} ({mode}) gave {run['bytes']} bytes")

@@ -84,15 +84,18 @@ class Bench:
     def port(self) -> int:
         return int(self.topo.ftp["vsftpd_port"])
 
-    def argv(self, workload: str, *flags: str) -> list[str]:
-        """The probe's command line, run inside the client namespace."""
+    def argv(self, workload: str, *flags: str, cpu: int | None = None) -> list[str]:
+        """The probe's command line, run inside the client namespace (on `cpu` alone if set)."""
         ns = backend.namespace(self.prefix, self.topo.client)
         probe = [sys.executable, str(PROBE), workload, self.server, "--port", str(self.port)]
-        return netns.in_ns(ns, [*probe, *flags])
+        pinned = ["taskset", "-c", str(cpu)] if cpu is not None else []
+        return netns.in_ns(ns, [*pinned, *probe, *flags])
 
-    def probe(self, workload: str, *flags: str, timeout: float) -> dict[str, Any]:
+    def probe(
+        self, workload: str, *flags: str, timeout: float, cpu: int | None = None
+    ) -> dict[str, Any]:
         try:
-            done = netns.run(self.argv(workload, *flags), timeout=timeout)
+            done = netns.run(self.argv(workload, *flags, cpu=cpu), timeout=timeout)
         except netns.CommandError as exc:
             raise backend.LabError(f"bench probe {workload} failed: {exc}") from exc
         result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
@@ -131,6 +134,40 @@ class Bench:
             self.samples.control_packets += int(fields[0])
         finally:
             netns.run(netns.in_ns(ns, [*ipt, "-D", chain, *match]), check=False)
+
+    def vsftpd(self) -> int:
+        """The PID of the outside server's vsftpd (the listener that forks a process a session)."""
+        ns = netns.NETNS_DIR / backend.namespace(self.prefix, self.topo.outside_server)
+        found = [
+            p
+            for p in state.processes(self.prefix, self.topo.outside_server, ns)
+            if p.name == "vsftpd" and p.running
+        ]
+        if not found:
+            raise backend.LabError("the outside server's vsftpd is not running")
+        return found[0].pid
+
+    def settle(self, most: float = 10.0) -> float:
+        """Wait (at most `most` s) until the server's session processes of a storm have exited,
+        so that their exits do not fall on what is measured next; returns the time waited."""
+        pid, start = self.vsftpd(), time.monotonic()
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        while children.read_text().strip() and time.monotonic() - start < most:
+            time.sleep(0.05)
+        return time.monotonic() - start
+
+    @contextlib.contextmanager
+    def one_core(self) -> Iterator[int]:
+        """The server's vsftpd (and the session processes it forks) on one CPU during the block,
+        which yields that CPU for the client: see interleaved.py for why."""
+        pid, cpu = self.vsftpd(), min(os.sched_getaffinity(0))
+        before = os.sched_getaffinity(pid)
+        os.sched_setaffinity(pid, {cpu})
+        try:
+            yield cpu
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(pid, before)
 
     def switch(self, gateway: str) -> None:
         start = time.monotonic()
