@@ -30,20 +30,21 @@ def quiet(_: str) -> None:
     pass
 
 
+def running_pid(prefix: str, node: str, name: str, missing: str) -> int:
+    """The PID of the lab's process `name` on `node`, recorded and alive; else LabError(missing)."""
+    ns = netns.NETNS_DIR / backend.namespace(prefix, node)
+    for p in state.processes(prefix, node, ns):
+        if p.name == name and p.running:
+            return p.pid
+    raise backend.LabError(missing)
+
+
 class Daemon:
     """The lab's running ftp-alg daemon: its PID and status socket."""
 
     def __init__(self, prefix: str, router: str) -> None:
-        found = [
-            p
-            for p in state.processes(
-                prefix, router, netns.NETNS_DIR / backend.namespace(prefix, router)
-            )
-            if p.name == "ftp-alg" and p.running
-        ]
-        if not found:
-            raise backend.LabError("the ftp-alg gateway is on but its daemon is not running")
-        self.pid = found[0].pid
+        missing = "the ftp-alg gateway is on but its daemon is not running"
+        self.pid = running_pid(prefix, router, "ftp-alg", missing)
         self.socket = str(state.node_dir(prefix, router) / "ftp-alg-status.sock")
 
     def cpu_seconds(self) -> tuple[float, float]:
@@ -137,15 +138,8 @@ class Bench:
 
     def vsftpd(self) -> int:
         """The PID of the outside server's vsftpd (the listener that forks a process a session)."""
-        ns = netns.NETNS_DIR / backend.namespace(self.prefix, self.topo.outside_server)
-        found = [
-            p
-            for p in state.processes(self.prefix, self.topo.outside_server, ns)
-            if p.name == "vsftpd" and p.running
-        ]
-        if not found:
-            raise backend.LabError("the outside server's vsftpd is not running")
-        return found[0].pid
+        missing = "the outside server's vsftpd is not running"
+        return running_pid(self.prefix, self.topo.outside_server, "vsftpd", missing)
 
     def settle(self, most: float = 10.0) -> float:
         """Wait (at most `most` s) until the server's session processes of a storm have exited,
