@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from alg.core import Config
-from alg.kernel.rules_skip import DEFAULT_PASSIVE_MARK, DEFAULT_WATCH_MARK
+from alg.kernel.rules_skip import DEFAULT_PASSIVE_MARK, DEFAULT_WATCH_MARK, passive_mark_error
 
 DEFAULT_STATUS_SOCKET = "/run/ftp-alg/status.sock"
 DEFAULT_CONFIG = "/etc/ftp-alg/ftp-alg.toml"
@@ -274,9 +274,9 @@ def load(path: str | None, overrides: dict[str, Any]) -> Settings:
     if first + count > 65536:
         raise SettingsError(f"queues {first}..{first + count - 1} exceed queue number 65535")
     watch = flat.get("watch_mark", DEFAULT_WATCH_MARK)
-    passive = flat.get("passive_mark", DEFAULT_PASSIVE_MARK)
-    if passive and (passive.bit_count() != 2 or passive & watch):
-        raise SettingsError("passive_mark must be 0 or two bits that watch_mark does not use")
+    problem = passive_mark_error(flat.get("passive_mark", DEFAULT_PASSIVE_MARK), watch)
+    if problem:
+        raise SettingsError(problem)
     core = Config(**{k: _core_value(k, v) for k, v in flat.items() if k in CORE_OPTIONS})
     if "control_ports" not in flat:
         core = replace(core, control_ports=Settings().core.control_ports)

@@ -13,7 +13,13 @@ from typing import Literal
 
 from alg.core.config import DEFAULT_CONTROL_PORTS
 from alg.kernel.rules_ftps import SET_PREFIX, FtpsRange, create_set, dnat_rule
-from alg.kernel.rules_skip import DEFAULT_PASSIVE_MARK, DEFAULT_WATCH_MARK, passive_rules, skip_rule
+from alg.kernel.rules_skip import (
+    DEFAULT_PASSIVE_MARK,
+    DEFAULT_WATCH_MARK,
+    passive_mark_error,
+    passive_rules,
+    skip_rule,
+)
 
 
 @dataclass(frozen=True)
@@ -127,12 +133,9 @@ class RuleOptions:
             raise ValueError("families must be 4 and/or 6")
         if not 0 <= self.watch_mark <= 0xFFFFFFFF:
             raise ValueError("watch_mark must be a 32-bit mask")
-        if self.passive_mark and (
-            self.passive_mark.bit_count() != 2
-            or self.passive_mark > 0xFFFFFFFF
-            or self.passive_mark & self.watch_mark
-        ):
-            raise ValueError("passive_mark must be two connmark bits apart from watch_mark")
+        problem = passive_mark_error(self.passive_mark, self.watch_mark)
+        if problem:
+            raise ValueError(problem)
 
 
 # --- iptables --------------------------------------------------------------------------------

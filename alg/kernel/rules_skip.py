@@ -199,6 +199,14 @@ def _after_lf(verbs: tuple[bytes, ...]) -> tuple[str, ...]:
     return out
 
 
+def passive_mark_error(passive: int, watch: int) -> str | None:
+    """Why `passive` cannot be the passive rules' mark beside the watch mark `watch`, or None
+    (the daemon's config and the rule options refuse the same values)."""
+    if passive and (passive.bit_count() != 2 or passive > 0xFFFFFFFF or passive & watch):
+        return "passive_mark must be 0 or two connmark bits that watch_mark does not use"
+    return None
+
+
 def passive_bits(mark: int) -> tuple[int, int]:
     """passive_mark's two bits: (passive, used). The lower says a passive command passed,
     both that a transfer used it since."""

@@ -98,6 +98,10 @@ def test_values_of_the_wrong_type_are_refused_at_start(tmp_path: Path, line: str
         ('[gateway]\nannounce = { "1.2.3.4" = "nowhere" }\n', "addresses"),
         ('[gateway]\nannounce = { "1.2.3.4" = "2001:db8::1" }\n', "one family"),
         ('[daemon]\nstatus_socket = ""\n', "non-empty"),
+        ("[daemon]\npassive_mark = 0x02000000\n", "two connmark bits"),
+        ("[daemon]\npassive_mark = 0x0E000000\n", "two connmark bits"),
+        ("[daemon]\npassive_mark = 0x03000000\n", "watch_mark does not use"),
+        ("[daemon]\nwatch_mark = 0x04000000\n", "watch_mark does not use"),
     ],
 )
 def test_bad_values_get_a_clear_error(tmp_path: Path, text: str, why: str) -> None:

@@ -143,6 +143,11 @@ def test_render_options() -> None:
         {"queue_num": 70000},
         {"queue_balance": (3, 3)},
         {"families": (5,)},
+        {"passive_mark": 0x02000000},
+        {"passive_mark": 0x0E000000},
+        {"passive_mark": 0x300000000},
+        {"passive_mark": 0x03000000},
+        {"watch_mark": 0x04000000},
     ],
 )
 def test_bad_options_are_refused(bad: dict[str, object]) -> None:
