@@ -12,14 +12,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from alg.core.config import DEFAULT_CONTROL_PORTS
+from alg.kernel import rules_skip
 from alg.kernel.rules_ftps import SET_PREFIX, FtpsRange, create_set, dnat_rule
-from alg.kernel.rules_skip import (
-    DEFAULT_PASSIVE_MARK,
-    DEFAULT_WATCH_MARK,
-    passive_mark_error,
-    passive_rules,
-    skip_rule,
-)
+from alg.kernel.rules_skip import DEFAULT_PASSIVE_MARK, DEFAULT_WATCH_MARK, passive_rules, skip_rule
 
 
 @dataclass(frozen=True)
@@ -133,8 +128,7 @@ class RuleOptions:
             raise ValueError("families must be 4 and/or 6")
         if not 0 <= self.watch_mark <= 0xFFFFFFFF:
             raise ValueError("watch_mark must be a 32-bit mask")
-        problem = passive_mark_error(self.passive_mark, self.watch_mark)
-        if problem:
+        if problem := rules_skip.passive_mark_error(self.passive_mark, self.watch_mark):
             raise ValueError(problem)
 
 
