@@ -376,16 +376,38 @@ def _rule_packets(lab: Lab, tool: str, table: str, chain: str) -> list[tuple[str
     return [(row[2], int(row[0])) for row in rows]
 
 
-_STRAYS = "ftp-alg-test-strays"
+_TAG = "ftp-alg-test"  # the test's own counting rules: `_TAG ours` and `_TAG strays`
+_HOOKS = {"PREROUTING": "FTP_ALG", "OUTPUT": "FTP_ALG_OUT"}  # raw hook: the chain it jumps to
 
 
-def _ours(lab: Lab, tool: str, chain: str, hook: str, sport: int) -> list[tuple[str, int]]:
-    """The raw `chain`'s counts less what the test's rule in `hook` counted of other connections
-    (to the control ports from a source port other than `sport`)."""
-    listed = lab.run(lab.router, tool, "-w", "-t", "raw", "-L", hook, "-v", "-x", "-n").stdout
-    stray = [int(line.split()[0]) for line in listed.splitlines() if _STRAYS in line]
-    assert len(stray) == 1, listed
-    return [(target, n - stray[0]) for target, n in _rule_packets(lab, tool, "raw", chain)]
+def _counting_rules(sport: int) -> dict[str, tuple[str, ...]]:
+    """Rules without a target that count the segments to the control ports of the connection
+    from `sport` (ours) and of every other one (strays)."""
+    to_control = ("-m", "multiport", "--dports", "21,2121", "-m", "comment", "--comment")
+    return {
+        "ours": ("-p", "tcp", "--sport", str(sport), *to_control, f"{_TAG} ours"),
+        "strays": ("-p", "tcp", "!", "--sport", str(sport), *to_control, f"{_TAG} strays"),
+    }
+
+
+def _raw_counts(lab: Lab, tool: str) -> dict[tuple[str, str], int]:
+    """Packets counted in raw, in one snapshot (`iptables-save -c`): (hook, "ours"|"strays")
+    by the test's rules, (hook, "anchor") by the anchor rule of the chain the hook jumps to."""
+    saved = lab.run(lab.router, f"{tool}-save", "-c", "-t", "raw").stdout
+    counts: dict[tuple[str, str], int] = {}
+    for line in saved.splitlines():
+        found = re.match(r"\[(\d+):\d+\] -A (\S+) (.*)", line)
+        if found is None:
+            continue
+        packets, chain, rest = int(found.group(1)), found.group(2), found.group(3)
+        for hook, ours in _HOOKS.items():
+            if chain == ours and "-j CT" in rest:
+                counts[(hook, "anchor")] = packets
+            for kind in ("ours", "strays"):
+                if chain == hook and f"{_TAG} {kind}" in rest:
+                    counts[(hook, kind)] = packets
+    assert len(counts) == 6, saved
+    return counts
 
 
 def _acct(lab: Lab, family: str, sport: int) -> tuple[int, int]:
@@ -414,10 +436,11 @@ def test_queue_placement_in_the_kernel(lab: Lab, path: str) -> None:
     (--queue-bypass), and exactly the segments that carry payload are queued, once each, in
     mangle POSTROUTING: the PORT line (the 200 reply passes the skip rule), never a SYN, pure
     ACK or FIN.
-    conntrack's own per-direction accounting of the connection is the independent count.
-    Segments of other connections to the control ports (a late retransmission or ACK of an
-    earlier test's connection) are counted by the test's own rules and subtracted: CI once saw
-    one in raw PREROUTING."""
+    The test's own rules count, beside the anchor, the segments to the control ports of its
+    connection and of any other (a late retransmission or ACK of an earlier test's connection:
+    CI saw one). conntrack's per-direction accounting is the independent count of the
+    connection's packets: every one it counted passed the anchor (a retransmission that
+    conntrack finds invalid passes it uncounted: CI saw one)."""
     client_ns, server_ns, listen_addr, connect_addr, family = _PATHS[path]
     tool = rules.TOOLS[family]
     acct = lab.run(lab.router, "sysctl", "-n", "net.netfilter.nf_conntrack_acct").stdout.strip()
@@ -428,12 +451,12 @@ def test_queue_placement_in_the_kernel(lab: Lab, path: str) -> None:
     client.settimeout(5)
     client.bind(("", 0))
     sport = client.getsockname()[1]
-    strays: tuple[str, ...] = ("-p", "tcp", "!", "--sport", str(sport))
-    strays += ("-m", "multiport", "--dports", "21,2121", "-m", "comment", "--comment", _STRAYS)
+    counting = _counting_rules(sport)
     try:
         assert lab.ftp_alg("rules", "apply").returncode == 0
-        for hook in ("PREROUTING", "OUTPUT"):
-            lab.run(lab.router, tool, "-w", "-t", "raw", "-I", hook, *strays)
+        for hook in _HOOKS:
+            for rule in counting.values():
+                lab.run(lab.router, tool, "-w", "-t", "raw", "-I", hook, *rule)
         listener = lab.listen(getattr(lab, server_ns), listen_addr, 21)
         client.connect((connect_addr, 21))
         server, _peer = listener.accept()
@@ -448,15 +471,16 @@ def test_queue_placement_in_the_kernel(lab: Lab, path: str) -> None:
         assert client.recv(100) == b""
         client.close()
 
+        # The router's own client: its segments leave through OUTPUT, never PREROUTING.
+        anchored, other = (
+            ("OUTPUT", "PREROUTING") if client_ns == "router" else ("PREROUTING", "OUTPUT")
+        )
         deadline = time.monotonic() + 2
         while True:
-            raw_in = _ours(lab, tool, "FTP_ALG", "PREROUTING", sport)
-            raw_out = _ours(lab, tool, "FTP_ALG_OUT", "OUTPUT", sport)
-            mangle = _rule_packets(lab, tool, "mangle", "FTP_ALG")
             original, reply = _acct(lab, f"ipv{family}", sport)
-            # the two counts are read one after the other: a last ACK may fall between
-            anchored = (raw_out if client_ns == "router" else raw_in)[0][1]
-            settled = original >= 4 and reply >= 4 and anchored == original
+            raw = _raw_counts(lab, tool)  # after conntrack's count: it can only have grown
+            # a last ACK may fall between the two reads
+            settled = original >= 4 and reply >= 4 and raw[(anchored, "ours")] == original
             if settled or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -469,12 +493,16 @@ def test_queue_placement_in_the_kernel(lab: Lab, path: str) -> None:
         passive = [("CONNMARK", 0), ("RETURN", 0), ("RETURN", 0)]
         passive += [("CONNMARK", 0), ("CONNMARK", 0), ("RETURN", 0)]
         skip = [("RETURN", 0), ("RETURN", replies), ("NFQUEUE", 1), ("NFQUEUE", 0)]
-        assert mangle == passive + skip
-        assert raw_out == [("CT", original if client_ns == "router" else 0)]
-        assert raw_in == [("CT", 0 if client_ns == "router" else original)]
+        assert _rule_packets(lab, tool, "mangle", "FTP_ALG") == passive + skip
+        # every segment to the control ports through either hook was anchored, nothing else
+        for hook in _HOOKS:
+            assert raw[(hook, "anchor")] == raw[(hook, "ours")] + raw[(hook, "strays")], raw
+        assert raw[(other, "ours")] == 0, raw
+        assert raw[(anchored, "ours")] >= original, (raw, original)
     finally:
-        for hook in ("PREROUTING", "OUTPUT"):
-            lab.run(lab.router, tool, "-w", "-t", "raw", "-D", hook, *strays, check=False)
+        for hook in _HOOKS:
+            for rule in counting.values():
+                lab.run(lab.router, tool, "-w", "-t", "raw", "-D", hook, *rule, check=False)
         lab.run(lab.router, "sysctl", "-qw", f"net.netfilter.nf_conntrack_acct={acct}")
 
 
