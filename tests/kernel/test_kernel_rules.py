@@ -457,6 +457,8 @@ def test_queue_placement_in_the_kernel(lab: Lab, path: str) -> None:
         for hook in _HOOKS:
             for rule in counting.values():
                 lab.run(lab.router, tool, "-w", "-t", "raw", "-I", hook, *rule)
+        # the anchors and the counting rules count from the same moment (one transaction)
+        lab.run(lab.router, tool, "-w", "-t", "raw", "-Z")
         listener = lab.listen(getattr(lab, server_ns), listen_addr, 21)
         client.connect((connect_addr, 21))
         server, _peer = listener.accept()
